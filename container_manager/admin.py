@@ -1,0 +1,244 @@
+"""Django admin: list, search and filter jobs, hosts and templates; act on them safely.
+
+Machine-owned data (status, attempts, executions, history) is read-only. Actions require
+their own permissions (``cancel_containerjob``, ``rerun_containerjob``, ``check_executorhost``)
+and go through the same services as the CLI. User-supplied text is only rendered through
+Django's auto-escaping (``format_html``), and list pages never show environment values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from container_manager.exceptions import JobStateError
+from container_manager.models import (
+    ContainerExecution,
+    ContainerJob,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+    JobEvent,
+)
+from container_manager.services import request_cancel, rerun_job
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin:{request.user.get_username()}"
+
+
+@admin.register(ExecutorHost)
+class ExecutorHostAdmin(admin.ModelAdmin):
+    list_display = ("name", "executor_type", "is_active", "health_status", "last_health_check", "load")
+    list_filter = ("executor_type", "is_active", "health_status")
+    search_fields = ("name", "connection_string", "description")
+    readonly_fields = ("last_health_check", "health_status", "health_message", "created_at")
+    actions = ["run_health_check"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutorHost]:
+        return super().get_queryset(request).with_running_count()  # type: ignore[attr-defined]
+
+    @admin.display(description="Load")
+    def load(self, host: Any) -> str:
+        return f"{getattr(host, 'running_jobs', 0)}/{host.max_concurrent_jobs}"
+
+    def has_check_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("container_manager.check_executorhost")
+
+    @admin.action(description="Run a health check", permissions=["check"])
+    def run_health_check(self, request: HttpRequest, queryset: QuerySet[ExecutorHost]) -> None:
+        for host in queryset:
+            report = host.health_check()
+            level = messages.SUCCESS if report.healthy else messages.WARNING
+            self.message_user(
+                request,
+                f"{host.name}: {'healthy' if report.healthy else 'unhealthy'} ({report.message})",
+                level,
+            )
+
+
+@admin.register(EnvironmentVariableTemplate)
+class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "description", "variable_names")
+    search_fields = ("name", "description")
+
+    @admin.display(description="Variables")
+    def variable_names(self, template: EnvironmentVariableTemplate) -> str:
+        # Names only: values may be secrets.
+        return ", ".join(template.safe_variables())
+
+
+class ContainerExecutionInline(admin.TabularInline):
+    model = ContainerExecution
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = (
+        "attempt",
+        "status",
+        "host_name",
+        "container_name",
+        "exit_code",
+        "oom_killed",
+        "reason",
+        "started_at",
+        "finished_at",
+        "message",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    extra = 0
+    can_delete = False
+    fields = ("at", "from_status", "to_status", "actor", "reason", "message")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+MACHINE_FIELDS = (
+    "status",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "failure_reason",
+    "status_message",
+    "cancel_requested_at",
+    "rerun_of",
+    "created_by",
+)
+
+
+@admin.register(ContainerJob)
+class ContainerJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "name",
+        "image",
+        "status_badge",
+        "docker_host",
+        "attempts",
+        "exit_code",
+        "failure_reason",
+        "created_at",
+        "duration",
+    )
+    list_filter = ("status", "failure_reason", "docker_host", "created_at")
+    search_fields = ("=id", "name", "image", "command")
+    list_select_related = ("docker_host",)
+    readonly_fields = MACHINE_FIELDS
+    inlines = [ContainerExecutionInline, JobEventInline]
+    actions = ["cancel_jobs", "rerun_jobs"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ContainerJob | None = None) -> Any:
+        if obj is not None and obj.status != "pending":
+            return [f.name for f in ContainerJob._meta.fields if f.name != "id"]
+        return MACHINE_FIELDS
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, job: ContainerJob) -> str:
+        colour = {
+            "completed": "green",
+            "failed": "red",
+            "timeout": "orange",
+            "cancelled": "gray",
+            "running": "blue",
+            "launching": "blue",
+            "retrying": "orange",
+        }.get(job.status, "black")
+        return format_html('<b style="color:{}">{}</b>', colour, job.status)
+
+    @admin.display(description="Duration")
+    def duration(self, job: ContainerJob) -> str:
+        runtime = job.runtime_duration
+        return "" if runtime is None else str(runtime).split(".")[0]
+
+    def save_model(self, request: HttpRequest, obj: ContainerJob, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = _actor(request)
+        try:
+            super().save_model(request, obj, form, change)
+        except JobStateError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("container_manager.cancel_containerjob")
+
+    def has_rerun_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("container_manager.rerun_containerjob")
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[ContainerJob]) -> None:
+        changed = sum(
+            request_cancel(pk, actor=_actor(request)) for pk in queryset.values_list("pk", flat=True)
+        )
+        skipped = queryset.count() - changed
+        self.message_user(
+            request, f"Cancellation requested for {changed} job(s); {skipped} already finished."
+        )
+
+    @admin.action(description="Re-run selected jobs as new jobs", permissions=["rerun"])
+    def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[ContainerJob]) -> None:
+        created, refused = [], []
+        for job in queryset:
+            try:
+                created.append(rerun_job(job, actor=_actor(request)).pk)
+            except JobStateError:
+                refused.append(job.pk)
+        if created:
+            self.message_user(request, f"Created job(s) {', '.join(map(str, created))}.")
+        if refused:
+            self.message_user(
+                request, f"Not finished yet, not re-run: {', '.join(map(str, refused))}.", messages.WARNING
+            )
+
+
+@admin.register(ContainerExecution)
+class ContainerExecutionAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "job",
+        "attempt",
+        "status",
+        "host_name",
+        "exit_code",
+        "oom_killed",
+        "reason",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "reason", "oom_killed", "host_name")
+    search_fields = ("=job__id", "container_name", "container_id")
+    list_select_related = ("job",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [f.name for f in ContainerExecution._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

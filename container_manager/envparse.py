@@ -1,0 +1,118 @@
+"""Parser for the dotenv-like text of environment templates, and secret masking.
+
+Kept free of Django so it can be tested exhaustively (Hypothesis) and reused by the CLI.
+The format, line by line (leading indentation is ignored, so text pasted from an indented
+Python literal works):
+
+* blank lines and lines starting with ``#`` are skipped;
+* ``KEY=value`` or ``export KEY=value``; KEY is ``[A-Za-z_][A-Za-z0-9_]*``;
+* an unquoted value runs to the end of the line, trailing spaces and a `` # comment`` removed;
+* ``'single quoted'`` values are literal; ``"double quoted"`` values understand
+  ``\\n \\t \\" \\\\``; after the closing quote only a comment may follow;
+* anything else (no ``=``, a bad key, an unterminated quote, a key given twice) is an error
+  that names the line. Error messages never repeat a value: values may be secrets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SECRET_KEY_RE = re.compile(
+    r"(SECRET|TOKEN|PASSW|PWD|PRIVATE|CREDENTIAL|AUTH|API_?KEY|ACCESS_?KEY|_KEY\Z|\AKEY\Z|DSN|COOKIE|SESSION|SIGNATURE|CERT)",
+    re.IGNORECASE,
+)
+MASK = "********"
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+class EnvParseError(ValueError):
+    """The environment text is malformed."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line = line
+        self.detail = message
+        super().__init__(f"line {line}: {message}")
+
+
+def _parse_double_quoted(body: str, lineno: int) -> tuple[str, str]:
+    out = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if ch == '"':
+            return "".join(out), body[i + 1 :]
+        out.append(ch)
+        i += 1
+    raise EnvParseError(lineno, 'unterminated double quote (values cannot span lines; use "\\n")')
+
+
+def _parse_value(raw: str, lineno: int, key: str) -> str:
+    raw = raw.lstrip(" \t")
+    if raw.startswith("'"):
+        end = raw.find("'", 1)
+        if end < 0:
+            raise EnvParseError(lineno, f"unterminated single quote in the value of {key}")
+        value, rest = raw[1:end], raw[end + 1 :]
+    elif raw.startswith('"'):
+        value, rest = _parse_double_quoted(raw[1:], lineno)
+    else:
+        value = re.split(r"\s+#", raw, maxsplit=1)[0].rstrip()
+        rest = ""
+    rest = rest.strip()
+    if rest and not rest.startswith("#"):
+        raise EnvParseError(lineno, f"unexpected text after the closing quote of {key}")
+    if "\x00" in value:
+        raise EnvParseError(lineno, f"the value of {key} contains a NUL byte")
+    return value
+
+
+def parse_env(text: str | None) -> dict[str, str]:
+    """Parse environment text into an ordered dict, or raise ``EnvParseError``."""
+    result: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate((text or "").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export ") or stripped.startswith("export\t"):
+            stripped = stripped[len("export") :].lstrip()
+        key, sep, raw_value = stripped.partition("=")
+        key = key.rstrip()
+        if not sep:
+            shown = key if KEY_RE.match(key) else "this line"
+            raise EnvParseError(lineno, f"expected KEY=VALUE but {shown} has no '='")
+        if not KEY_RE.match(key):
+            raise EnvParseError(
+                lineno, "invalid variable name: names are letters, digits and '_', not starting with a digit"
+            )
+        if key in result:
+            raise EnvParseError(lineno, f"{key} is already set on line {first_line[key]}")
+        result[key] = _parse_value(raw_value, lineno, key)
+        first_line[key] = lineno
+    return result
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(SECRET_KEY_RE.search(key))
+
+
+def mask_env(env: Mapping[str, str], extra_secret_keys: frozenset[str] = frozenset()) -> dict[str, str]:
+    """A copy of ``env`` safe to show: secret-looking values replaced by a mask."""
+    return {k: (MASK if (is_secret_key(k) or k in extra_secret_keys) else v) for k, v in env.items()}
+
+
+def render_env(env: Mapping[str, str]) -> str:
+    """Inverse of ``parse_env``: text that parses back to ``env``."""
+    lines = []
+    for key, value in env.items():
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        escaped = escaped.replace("\t", "\\t").replace("\r", "\\r")
+        lines.append(f'{key}="{escaped}"')
+    return "\n".join(lines)

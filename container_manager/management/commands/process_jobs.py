@@ -1,0 +1,157 @@
+"""``process_jobs``: run the reconciler daemon (or one pass of it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from argparse import ArgumentParser, ArgumentTypeError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise ArgumentTypeError(f"must be greater than 0, got {number}")
+    return number
+
+
+def port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ArgumentTypeError(f"a port is between 0 and 65535, got {number}")
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the reconciler: launch pending jobs, watch containers, enforce timeouts, retries and "
+        "cancellation, and record every attempt. Stops gracefully on SIGTERM/SIGINT (a second signal forces)."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument(
+            "--once", action="store_true", help="Run one pass over every job with work, then exit."
+        )
+        mode.add_argument(
+            "--until-idle",
+            action="store_true",
+            help="Run until no job is pending, launching, running or retrying, then exit.",
+        )
+        parser.add_argument("--workers", type=positive_int, default=4, help="Worker threads (default 4).")
+        parser.add_argument(
+            "--resync-interval",
+            type=positive_float,
+            default=None,
+            metavar="SECONDS",
+            help="Seconds between full resyncs (default: CONTAINER_MANAGER['RESYNC_SECONDS'], 30).",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=positive_float,
+            default=None,
+            metavar="SECONDS",
+            help="Seconds between polls for new jobs (default: CONTAINER_MANAGER['POLL_SECONDS'], 0.5).",
+        )
+        parser.add_argument(
+            "--host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="Only handle this executor host (repeatable; default: all active hosts).",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=["auto", "json", "console"],
+            default="auto",
+            help="Log format (default auto: JSON unless stderr is a terminal).",
+        )
+        parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        parser.add_argument(
+            "--metrics-port",
+            type=port,
+            default=9464,
+            help="Port of the /metrics, /healthz and /readyz endpoint (0 turns it off; default 9464).",
+        )
+        parser.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            help="Address the metrics endpoint binds (default 127.0.0.1).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from container_manager.logconfig import configure
+        from container_manager.models import ExecutorHost
+        from reconciler.daemon import Daemon, DaemonOptions
+
+        configure(options["log_format"], options["log_level"])
+        unknown = sorted(set(options["host"]) - set(ExecutorHost.objects.values_list("name", flat=True)))
+        if unknown:
+            raise CommandError(f"--host: no executor host named {', '.join(unknown)}")
+        daemon = Daemon(
+            DaemonOptions(
+                workers=options["workers"],
+                resync_seconds=options["resync_interval"],
+                poll_seconds=options["poll_interval"],
+                host_names=tuple(options["host"]),
+                once=options["once"],
+                until_idle=options["until_idle"],
+            )
+        )
+        self._install_signal_handlers(daemon)
+        server = None
+        if options["metrics_port"] and not options["once"]:
+            server = self._start_metrics(daemon, options["metrics_addr"], options["metrics_port"])
+        try:
+            code = daemon.run()
+        finally:
+            if server is not None:
+                server.stop()
+        if code:
+            sys.exit(code)
+
+    def _start_metrics(self, daemon: Any, addr: str, port_number: int) -> Any:
+        try:
+            from metrics.server import MetricsServer
+        except ImportError:
+            return None
+        try:
+            server = MetricsServer(daemon, addr, port_number)
+            server.start()
+        except OSError as exc:
+            raise CommandError(f"--metrics-port: cannot listen on {addr}:{port_number}: {exc}") from None
+        return server
+
+    def _install_signal_handlers(self, daemon: Any) -> None:
+        received = {"count": 0}
+
+        def handler(signum: int, frame: Any) -> None:
+            received["count"] += 1
+            if received["count"] > 1:
+                os._exit(128 + signum)
+            daemon.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests calling call_command from a thread)
+                pass

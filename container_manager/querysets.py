@@ -1,0 +1,105 @@
+"""Querysets named after states, so callers say what they mean (``ContainerJob.objects.pending()``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from container_manager.states import ACTIVE, LIVE, TERMINAL, ExecutionStatus, JobStatus
+
+if TYPE_CHECKING:
+    from container_manager.models import ContainerJob, ExecutorHost
+
+
+class ExecutorHostQuerySet(models.QuerySet["ExecutorHost"]):
+    def available(self) -> ExecutorHostQuerySet:
+        """Active hosts not known to be unhealthy (a never-checked host counts as available)."""
+        return self.filter(is_active=True).exclude(health_status="unhealthy")
+
+    def by_type(self, executor_type: str) -> ExecutorHostQuerySet:
+        return self.filter(executor_type=executor_type)
+
+    def with_running_count(self) -> ExecutorHostQuerySet:
+        """Annotate ``running_jobs``: live attempts on each host, in the same query."""
+        live = [s.value for s in (ExecutionStatus.LAUNCHING, ExecutionStatus.RUNNING)]
+        return self.annotate(running_jobs=models.Count("executions", filter=Q(executions__status__in=live)))
+
+
+class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
+    def pending(self) -> ContainerJobQuerySet:
+        """Jobs waiting for their first attempt."""
+        return self.filter(status=JobStatus.PENDING)
+
+    def active(self) -> ContainerJobQuerySet:
+        """Jobs whose container is being started or is running."""
+        return self.filter(status__in=[s.value for s in LIVE])
+
+    def unfinished(self) -> ContainerJobQuerySet:
+        """Jobs the reconciler still has work for: pending, launching, running or retrying."""
+        return self.filter(status__in=[s.value for s in ACTIVE])
+
+    def retrying(self) -> ContainerJobQuerySet:
+        return self.filter(status=JobStatus.RETRYING)
+
+    def terminal(self) -> ContainerJobQuerySet:
+        return self.filter(status__in=[s.value for s in TERMINAL])
+
+    def completed(self) -> ContainerJobQuerySet:
+        return self.filter(status=JobStatus.COMPLETED)
+
+    def failed(self) -> ContainerJobQuerySet:
+        """Jobs that ended in failure: ``failed`` (non-zero exit, OOM, lost, launch error) or ``timeout``."""
+        return self.filter(status__in=[JobStatus.FAILED.value, JobStatus.TIMEOUT.value])
+
+    def cancelled(self) -> ContainerJobQuerySet:
+        return self.filter(status=JobStatus.CANCELLED)
+
+    def recent(self, hours: float = 24) -> ContainerJobQuerySet:
+        """Jobs created in the last ``hours`` hours."""
+        return self.filter(created_at__gte=timezone.now() - timedelta(hours=hours))
+
+    def by_host(self, host: ExecutorHost | int | str) -> ContainerJobQuerySet:
+        """Jobs pinned to ``host`` or with an attempt that ran on it (a host object, pk or name)."""
+        from container_manager.models import ExecutorHost
+
+        if isinstance(host, str):
+            host = ExecutorHost.objects.get(name=host)
+        pk = host.pk if isinstance(host, ExecutorHost) else host
+        ran_there = self.model.executions.rel.related_model.objects.filter(executor_host_id=pk)
+        return self.filter(Q(docker_host_id=pk) | Q(pk__in=ran_there.values("job_id")))
+
+    def due(self, now: Any = None) -> ContainerJobQuerySet:
+        """Pending or retrying jobs whose ``run_after`` has passed, in claim order."""
+        now = now or timezone.now()
+        return (
+            self.filter(status__in=[JobStatus.PENDING.value, JobStatus.RETRYING.value])
+            .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+            .order_by("-priority", "created_at", "id")
+        )
+
+    def create_many(self, jobs: list[ContainerJob], *, batch_size: int = 500) -> list[ContainerJob]:
+        """Validate every job, then insert them all in one transaction (all or nothing)."""
+        from django.core.exceptions import ValidationError
+
+        errors: dict[str, Any] = {}
+        for index, job in enumerate(jobs):
+            try:
+                job.prepare_for_insert()
+            except ValidationError as exc:
+                errors[f"job {index + 1}"] = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        if errors:
+            raise ValidationError(errors)
+        with transaction.atomic():
+            return self.bulk_create(jobs, batch_size=batch_size)
+
+
+class ContainerExecutionQuerySet(models.QuerySet[Any]):
+    def live(self) -> ContainerExecutionQuerySet:
+        return self.filter(status__in=[ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value])
+
+    def finished(self) -> ContainerExecutionQuerySet:
+        return self.exclude(status__in=[ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value])

@@ -1,0 +1,132 @@
+"""The only code that changes a job's status: compare-and-swap UPDATEs plus a history row.
+
+``transition()`` runs ``UPDATE ... SET status=target WHERE id=%s AND status=source`` and, when
+a row changed, appends a ``JobEvent`` in the same transaction and sends the signals after
+commit. Zero rows changed means someone else (another daemon, an admin action) moved the job
+first: the caller re-reads and decides again, nothing is lost or overwritten.
+
+A *fence* may be installed by the daemon (leader election): it is evaluated inside the same
+transaction and a False answer aborts the write, so a paused former leader cannot write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from container_manager import signals
+from container_manager.exceptions import ContainerManagerError, InvalidTransition
+from container_manager.states import TERMINAL, JobStatus, can_transition
+
+logger = logging.getLogger(__name__)
+
+
+class Fenced(ContainerManagerError):
+    """This process no longer holds the leadership it was writing under."""
+
+
+_fence: Callable[[], bool] | None = None
+
+
+def set_fence(fence: Callable[[], bool] | None) -> None:
+    """Install (or remove, with None) a check run inside every status-changing transaction."""
+    global _fence
+    _fence = fence
+
+
+def check_fence() -> None:
+    if _fence is not None and not _fence():
+        raise Fenced()
+
+
+def _send_after_commit(signal: Any, **kwargs: Any) -> None:
+    from container_manager.models import ContainerJob
+
+    def send() -> None:
+        for receiver, result in signal.send_robust(sender=ContainerJob, **kwargs):
+            if isinstance(result, Exception):
+                logger.error("signal receiver %r failed: %s", receiver, result)
+
+    transaction.on_commit(send)
+
+
+def transition(
+    job_id: int,
+    source: JobStatus | str,
+    target: JobStatus | str,
+    *,
+    actor: str,
+    reason: str = "",
+    message: str = "",
+    attempt: int | None = None,
+    fields: dict[str, Any] | None = None,
+    where: Q | None = None,
+    now: datetime | None = None,
+    exit_code: int | None = None,
+) -> bool:
+    """Move job ``job_id`` from ``source`` to ``target`` if it is still in ``source``.
+
+    ``fields`` are written in the same UPDATE; ``where`` adds conditions to the compare. Returns
+    False when the row was not in the expected state (lost race), True when it moved.
+    """
+    source, target = JobStatus(source), JobStatus(target)
+    if not can_transition(source, target):
+        raise InvalidTransition(f"a job cannot go from {source} to {target}")
+    from container_manager.models import ContainerJob, JobEvent
+
+    now = now or timezone.now()
+    values: dict[str, Any] = {"status": target.value, "updated_at": now}
+    if target in TERMINAL:
+        values.setdefault("finished_at", now)
+    values.update(fields or {})
+    query = Q(pk=job_id, status=source.value)
+    if where is not None:
+        query &= where
+    with transaction.atomic():
+        check_fence()
+        changed = ContainerJob.objects.filter(query).update(**values)
+        if not changed:
+            return False
+        JobEvent.objects.create(
+            job_id=job_id,
+            at=now,
+            attempt=attempt,
+            from_status=source.value,
+            to_status=target.value,
+            actor=actor,
+            reason=reason,
+            message=message[:4000],
+        )
+        _send_after_commit(
+            signals.job_status_changed,
+            job_id=job_id,
+            old_status=source.value,
+            new_status=target.value,
+            reason=reason,
+            attempt=attempt,
+            actor=actor,
+        )
+        if target in TERMINAL:
+            _send_after_commit(
+                signals.job_finished,
+                job_id=job_id,
+                status=target.value,
+                reason=reason,
+                exit_code=values.get("exit_code", exit_code),
+            )
+    return True
+
+
+def note(job_id: int, *, actor: str, message: str, reason: str = "", attempt: int | None = None) -> None:
+    """Append a history row that records a request or observation without a status change."""
+    from container_manager.models import JobEvent
+
+    JobEvent.objects.create(
+        job_id=job_id, actor=actor, reason=reason, message=message[:4000], attempt=attempt
+    )

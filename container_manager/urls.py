@@ -1,0 +1,8 @@
+"""URLs of the bundled project: the Django admin at the root of /admin/."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [path("admin/", admin.site.urls)]

@@ -1,0 +1,336 @@
+"""The long-running daemon: sources feed a work queue, a worker pool runs one-job steps.
+
+Sources only enqueue job ids: the new-row poller (and PostgreSQL LISTEN/NOTIFY), executor
+event watchers, the periodic full resync (which also sweeps orphans and re-probes unhealthy
+hosts), and the step's own "look again in N seconds" timers. Because the queue never hands
+one key to two workers and every step re-reads the rows, losing any event only delays
+convergence until the next resync.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from django.db import close_old_connections, connections
+from django.utils import timezone
+
+from container_manager.conf import Policy, get_policy
+from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
+from container_manager.states import LIVE, ExecutionStatus
+from executors.base import Executor
+from executors.exceptions import ExecutorError
+from executors.registry import get_executor
+from executors.types import EventKind
+from metrics import definitions as m
+from reconciler import notify
+from reconciler.orphans import census
+from reconciler.queue import ShutDown, WorkQueue
+from reconciler.step import Reconciler
+
+log = structlog.get_logger("reconciler.daemon")
+
+_LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
+
+
+def default_actor() -> str:
+    return f"daemon:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    workers: int = 4
+    #: None = the policy's RESYNC_SECONDS / POLL_SECONDS.
+    resync_seconds: float | None = None
+    poll_seconds: float | None = None
+    #: only these hosts (by name); empty = all.
+    host_names: tuple[str, ...] = ()
+    #: one pass over every job that has work, then exit.
+    once: bool = False
+    #: run until no job is pending, launching, running or retrying, then exit.
+    until_idle: bool = False
+    actor: str = field(default_factory=default_actor)
+    #: how many due jobs one poll enqueues at most.
+    poll_batch: int = 1000
+
+
+class Daemon:
+    def __init__(
+        self,
+        options: DaemonOptions | None = None,
+        *,
+        policy: Policy | None = None,
+        executor_for: Callable[[ExecutorHost], Executor] = get_executor,
+    ) -> None:
+        self.options = options or DaemonOptions()
+        self.policy = policy or get_policy()
+        self.executor_for = executor_for
+        self.reconciler = Reconciler(
+            actor=self.options.actor,
+            policy=self.policy,
+            executor_for=executor_for,
+            host_names=self.options.host_names or None,
+        )
+        self.queue = WorkQueue()
+        self.stop_event = threading.Event()
+        self.resync_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watchers: dict[int, threading.Thread] = {}
+        self._orphans_seen: dict[tuple[int, str], float] = {}
+        self._failures: dict[int, int] = {}
+        #: monotonic time of the last completed loop activity, for /healthz.
+        self.last_pass = time.monotonic()
+        self.ready = threading.Event()
+        self.resync_seconds = self.options.resync_seconds or self.policy.resync_seconds
+        self.poll_seconds = self.options.poll_seconds or self.policy.poll_seconds
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or idle, with ``once``/``until_idle``); returns an exit code."""
+        m.zero_initialise(self._hosts().values_list("name", flat=True))
+        if self.options.once:
+            return self._run_once()
+        self._start(self._resync_loop, "resync")
+        self._start(self._poll_loop, "poller")
+        if notify.is_postgres():
+            self._start(self._listen_loop, "listener")
+        for index in range(max(1, self.options.workers)):
+            self._start(self._worker_loop, f"worker-{index}")
+        self.ready.set()
+        log.info(
+            "daemon started",
+            workers=self.options.workers,
+            actor=self.options.actor,
+            hosts=list(self.options.host_names) or "all",
+        )
+        try:
+            while not self.stop_event.wait(self.poll_seconds):
+                if self.options.until_idle and self._idle():
+                    log.info("no unfinished jobs left; exiting")
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        """Graceful stop: claim nothing new, let in-flight steps finish, then exit."""
+        self.reconciler.draining = True
+        self.stop_event.set()
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        self.request_stop()
+        self.queue.shutdown()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads + list(self._watchers.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("daemon stopped")
+
+    def _start(self, target: Callable[[], None], name: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except ShutDown:
+                pass
+            except Exception:
+                log.exception("daemon thread crashed", thread=name)
+                self.request_stop()
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=run, name=f"cm-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _run_once(self) -> int:
+        for job_id in self._work_ids():
+            self.queue.add(job_id)
+        done: set[int] = set()
+        while True:
+            key = self.queue.get(timeout=0)
+            if key is None:
+                break
+            try:
+                if key not in done:
+                    done.add(key)  # type: ignore[arg-type]
+                    self._process(key)  # type: ignore[arg-type]
+            finally:
+                self.queue.done(key)
+        self.sweep_orphans()
+        return 0
+
+    # Workers --------------------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        while not self.stop_event.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                delay = self._process(key)  # type: ignore[arg-type]
+            finally:
+                self.queue.done(key)
+            if delay is not None and not self.stop_event.is_set():
+                self.queue.add_after(key, delay)
+            m.QUEUE_DEPTH.set(len(self.queue))
+            m.QUEUE_DELAYED.set(self.queue.delayed)
+
+    def _process(self, job_id: int) -> float | None:
+        close_old_connections()
+        try:
+            delay = self.reconciler.reconcile(job_id)
+            self._failures.pop(job_id, None)
+        except Exception as exc:
+            failures = self._failures[job_id] = self._failures.get(job_id, 0) + 1
+            kind = (
+                "database"
+                if type(exc).__module__.startswith(("django.db", "psycopg", "sqlite3"))
+                else "internal"
+            )
+            m.RECONCILE_ERRORS.labels(kind).inc()
+            log.exception("reconcile failed", job_id=job_id, failures=failures)
+            delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+        self.last_pass = time.monotonic()
+        return delay
+
+    # Sources --------------------------------------------------------------------------
+
+    def _hosts(self) -> Any:
+        hosts = ExecutorHost.objects.filter(is_active=True)
+        if self.options.host_names:
+            hosts = hosts.filter(name__in=self.options.host_names)
+        return hosts
+
+    def _work_ids(self) -> list[int]:
+        """Every job the reconciler has work for: unfinished ones and finished ones not cleaned up."""
+        unfinished = list(
+            ContainerJob.objects.unfinished().order_by("-priority", "created_at").values_list("id", flat=True)
+        )
+        dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=_LIVE_EXEC)
+        return unfinished + list(dirty.values_list("job_id", flat=True).distinct())
+
+    def _poll_loop(self) -> None:
+        while not self.stop_event.is_set():
+            close_old_connections()
+            if not self.reconciler.draining:
+                self.poll()
+            self.stop_event.wait(self.poll_seconds)
+
+    def poll(self) -> None:
+        """Enqueue due pending/retrying jobs (in claim order) and live jobs with a cancel request."""
+        now = timezone.now()
+        for job_id in ContainerJob.objects.due(now).values_list("id", flat=True)[: self.options.poll_batch]:
+            self.queue.add(job_id)
+        cancels = ContainerJob.objects.filter(
+            status__in=[s.value for s in LIVE], cancel_requested_at__isnull=False
+        ).values_list("id", flat=True)
+        for job_id in cancels:
+            self.queue.add(job_id)
+
+    def _resync_loop(self) -> None:
+        while not self.stop_event.is_set():
+            close_old_connections()
+            try:
+                self.resync()
+            except Exception:
+                log.exception("resync failed")
+            self.resync_now.wait(self.resync_seconds)
+            self.resync_now.clear()
+
+    def resync(self) -> None:
+        """Full, level-triggered pass: enqueue all work, sweep orphans, re-probe hosts, start watchers."""
+        for job_id in self._work_ids():
+            self.queue.add(job_id)
+        self.check_hosts()
+        self.sweep_orphans()
+        m.LAST_PASS.set(time.time())
+        self.last_pass = time.monotonic()
+
+    def check_hosts(self) -> None:
+        for host in self._hosts():
+            if host.health_status == HealthStatus.UNHEALTHY or host.last_health_check is None:
+                report = host.health_check(timeout=5.0)
+                m.HOST_HEALTHY.labels(host.name).set(1 if report.healthy else 0)
+            else:
+                m.HOST_HEALTHY.labels(host.name).set(1)
+            self._ensure_watcher(host)
+
+    def _ensure_watcher(self, host: ExecutorHost) -> None:
+        thread = self._watchers.get(host.pk)
+        if thread is not None and thread.is_alive():
+            return
+        try:
+            executor = self.executor_for(host)
+        except ExecutorError:
+            return
+        if not executor.supports_events:
+            return
+        name = host.name
+
+        def watch() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    for event in executor.watch(self.policy.instance, self.stop_event):
+                        m.EVENTS_RECEIVED.labels(name, event.kind.value).inc()
+                        if event.kind is EventKind.RESYNC:
+                            m.EVENT_STREAM_RECONNECTS.labels(name).inc()
+                            self.resync_now.set()
+                        elif event.job_id is not None:
+                            self.queue.add(event.job_id)
+                except Exception as exc:
+                    log.warning("event stream failed; reconnecting", host=name, error=str(exc))
+                    m.EVENT_STREAM_RECONNECTS.labels(name).inc()
+                    self.resync_now.set()
+                    self.stop_event.wait(1.0)
+
+        thread = threading.Thread(target=watch, name=f"cm-watch-{name}", daemon=True)
+        thread.start()
+        self._watchers[host.pk] = thread
+
+    def sweep_orphans(self) -> None:
+        """Remove labelled containers that belong to no live attempt, after a grace period."""
+        now = time.monotonic()
+        seen: set[tuple[int, str]] = set()
+        for host in self._hosts():
+            try:
+                found = census(self.executor_for(host), self.policy.instance)
+            except ExecutorError as exc:
+                log.warning("cannot list containers", host=host.name, error=str(exc))
+                continue
+            for job_id in found.jobs_to_clean:
+                self.queue.add(job_id)
+            for name in found.orphans:
+                key = (host.pk, name)
+                seen.add(key)
+                first = self._orphans_seen.setdefault(key, now)
+                if now - first >= self.policy.orphan_grace_seconds:
+                    self._remove_orphan(host, name)
+                    self._orphans_seen.pop(key, None)
+        for key in set(self._orphans_seen) - seen:
+            self._orphans_seen.pop(key, None)
+
+    def _remove_orphan(self, host: ExecutorHost, name: str) -> None:
+        try:
+            self.executor_for(host).remove(name)
+        except ExecutorError as exc:
+            log.warning("cannot remove orphan", host=host.name, container=name, error=str(exc))
+            return
+        m.ORPHANS_REMOVED.labels(host.name).inc()
+        log.info("orphan container removed", host=host.name, container=name)
+
+    def _listen_loop(self) -> None:
+        notify.listen(self.queue.add, self.stop_event, on_reconnect=self.resync_now.set)
+
+    def _idle(self) -> bool:
+        return not ContainerJob.objects.unfinished().exists() and self.queue.idle()
+
+    def enqueue(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self.queue.add(job_id)
