@@ -1,0 +1,1 @@
+"""Tests against real components or faithful local fakes of them."""
