@@ -1,0 +1,1 @@
+"""Local stand-ins for external services the tests cannot reach (stdlib only)."""
