@@ -2,25 +2,76 @@
 
 JSON lines when stderr is not a terminal (journald, containers, log shippers), coloured
 console output otherwise. Standard-library loggers (Django, docker, google) are routed
-through the same renderer, and a processor masks values of secret-looking keys, so a
-careless ``log.info(..., password=...)`` cannot leak.
+through the same renderer. Context bound with ``structlog.contextvars`` (the daemon binds
+``job_id`` around each one-job step) is merged into every record, stdlib ones included.
+
+A processor masks secrets before rendering: values of secret-looking keys at any depth (an env
+dict, ``(key, value)`` pairs, ``KEY=value`` entries) and passwords in URLs, so a careless
+``log.info(..., password=...)`` or ``log.info(..., env=env)`` cannot leak.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
 from container_manager.envparse import MASK, is_secret_key
 
+#: ``scheme://user:password@host``: the password part.
+_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(?=@)")
+#: ``KEY=value`` (an env entry as Docker and shells write it).
+_ASSIGNMENT_RE = re.compile(r"\A(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)=")
+_MAX_DEPTH = 6
+
+
+def _scrub_text(text: str) -> str:
+    match = _ASSIGNMENT_RE.match(text)
+    if match and is_secret_key(match.group("key")):
+        return f"{match.group('key')}={MASK}"
+    if "://" in text:
+        text = _URL_PASSWORD_RE.sub(lambda mo: mo.group("head") + MASK, text)
+    return text
+
+
+def scrub(value: Any, depth: int = 0) -> Any:
+    """``value`` with secrets masked: values of secret-looking keys in mappings and (key, value)
+    pairs, ``SECRET=...`` entries, and passwords in URLs, however deeply nested (to a limit)."""
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if depth >= _MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {
+            k: (MASK if isinstance(k, str) and is_secret_key(k) else scrub(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [
+            (item[0], MASK)
+            if isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and is_secret_key(item[0])
+            else scrub(item, depth + 1)
+            for item in value
+        ]
+        return items if isinstance(value, list | set | frozenset) else tuple(items)
+    return value
+
 
 def _mask_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event_dict):
+    for key, value in list(event_dict.items()):
+        if key == "exc_info":
+            continue
         if key != "event" and is_secret_key(key):
             event_dict[key] = MASK
+        elif isinstance(value, str | Mapping | list | tuple | set | frozenset):
+            event_dict[key] = scrub(value)
     return event_dict
 
 
@@ -61,5 +112,10 @@ def configure(fmt: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Django's default logging config gives the "django" logger a handler of its own; drop it
+    # so Django's records reach the root handler (and this formatter) exactly once.
+    django_logger = logging.getLogger("django")
+    django_logger.handlers[:] = []
+    django_logger.propagate = True
     for noisy in ("urllib3", "docker", "google", "django.db.backends"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

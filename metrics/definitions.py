@@ -128,6 +128,12 @@ LAST_PASS = Gauge(
     registry=REGISTRY,
 )
 
+RESYNC_INTERVAL = Gauge(
+    "container_manager_resync_interval_seconds",
+    "Configured seconds between full resync passes (alerts compare the last pass against it).",
+    registry=REGISTRY,
+)
+
 EXECUTOR_KINDS = ("docker", "cloudrun", "mock")
 OUTCOMES = ("completed", "failed", "timeout", "cancelled")
 REASONS = ("", "exit_code", "oom", "timeout", "cancelled", "lost", "launch_error", "invalid_spec", "no_host")
