@@ -238,7 +238,8 @@ class ContainerExecutionAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+        # View permission alone gives Django's read-only page, without Save buttons that would 403.
+        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -24,6 +24,7 @@ SECRET_KEY_RE = re.compile(
     re.IGNORECASE,
 )
 MASK = "********"
+_LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
@@ -54,6 +55,7 @@ def _parse_double_quoted(body: str, lineno: int) -> tuple[str, str]:
 
 
 def _parse_value(raw: str, lineno: int, key: str) -> str:
+    unquoted = raw
     raw = raw.lstrip(" \t")
     if raw.startswith("'"):
         end = raw.find("'", 1)
@@ -63,7 +65,8 @@ def _parse_value(raw: str, lineno: int, key: str) -> str:
     elif raw.startswith('"'):
         value, rest = _parse_double_quoted(raw[1:], lineno)
     else:
-        value = re.split(r"\s+#", raw, maxsplit=1)[0].rstrip()
+        # Split before stripping, so that "KEY= # comment" is an empty value, not "# comment".
+        value = re.split(r"\s+#", unquoted, maxsplit=1)[0].strip(" \t").rstrip()
         rest = ""
     rest = rest.strip()
     if rest and not rest.startswith("#"):
@@ -77,7 +80,9 @@ def parse_env(text: str | None) -> dict[str, str]:
     """Parse environment text into an ordered dict, or raise ``EnvParseError``."""
     result: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate((text or "").splitlines(), start=1):
+    # Only \n, \r\n and \r end a line: str.splitlines() would also split on \f, \x85, \u2028...,
+    # which render_env() leaves unescaped inside quoted values.
+    for lineno, line in enumerate(_LINE_BREAK_RE.split(text or ""), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -405,6 +405,9 @@ class ContainerJob(models.Model):
             errors.setdefault("retry_backoff_max_seconds", []).append(
                 "retry_backoff_max_seconds must be >= retry_backoff_seconds"
             )
+        if self.priority is not None and not -32768 <= self.priority <= 32767:
+            # SQLite does not bound a SmallIntegerField, PostgreSQL does: refuse it the same way on both.
+            errors.setdefault("priority", []).append("priority must be between -32768 and 32767")
         try:
             parse_env(self.override_environment)
         except EnvParseError as exc:
@@ -595,11 +598,8 @@ class ContainerExecution(models.Model):
             ),
         ]
         indexes = [
-            models.Index(
-                fields=["executor_host", "status"],
-                name="cm_execution_live_idx",
-                condition=Q(status__in=_LIVE_EXECUTION_VALUES),
-            ),
+            # Not partial: SQLite uses a partial index only for literal values, not bound parameters.
+            models.Index(fields=["executor_host", "status"], name="cm_execution_host_status_idx"),
             models.Index(fields=["cleaned_up"], name="cm_execution_dirty_idx", condition=Q(cleaned_up=False)),
         ]
 

@@ -90,7 +90,12 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
             try:
                 job.prepare_for_insert()
             except ValidationError as exc:
-                errors[f"job {index + 1}"] = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+                # ValidationError cannot nest dicts: flatten to "field: message" strings.
+                errors[f"job {index + 1}"] = (
+                    [f"{field}: {msg}" for field, msgs in exc.message_dict.items() for msg in msgs]
+                    if hasattr(exc, "error_dict")
+                    else exc.messages
+                )
         if errors:
             raise ValidationError(errors)
         with transaction.atomic():

@@ -165,8 +165,9 @@ class MockExecutor(Executor):
         self._seq = 0
         #: every verb call, in order, for tests that count API calls.
         self.calls: list[tuple[str, str]] = []
-        #: names ever created, so tests can assert "never two containers for one attempt".
+        #: names ever created, and ever started: tests assert an attempt's program never runs twice.
         self.created: list[str] = []
+        self.started: list[str] = []
 
     @classmethod
     def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> MockExecutor:
@@ -254,6 +255,7 @@ class MockExecutor(Executor):
                     raise Unavailable("injected: launch interrupted after create")
             if existing.started_at is None:
                 existing.started_at = self.clock()
+                self.started.append(spec.name)
             return self._observe(existing)
 
     def inspect(self, name: str) -> Observed:

@@ -173,6 +173,7 @@ class Daemon:
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
+            close_old_connections()
             try:
                 delay = self._process(key)  # type: ignore[arg-type]
             finally:
@@ -183,7 +184,11 @@ class Daemon:
             m.QUEUE_DELAYED.set(self.queue.delayed)
 
     def _process(self, job_id: int) -> float | None:
-        close_old_connections()
+        # Every log record of this step (stdlib ones too) carries the job id.
+        with structlog.contextvars.bound_contextvars(job_id=job_id):
+            return self._process_bound(job_id)
+
+    def _process_bound(self, job_id: int) -> float | None:
         try:
             delay = self.reconciler.reconcile(job_id)
             self._failures.pop(job_id, None)

@@ -57,6 +57,9 @@ class AttemptView:
     exit_code: int | None = None
     cleaned_up: bool = False
     message: str = ""
+    #: the executor accepted the launch (its container id is recorded): from then on a
+    #: missing container is lost, never created again.
+    launched: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ def _decide_live(
 ) -> Plan:
     state = observed.state
     if state is ContainerState.NOT_FOUND:
-        if attempt.status is ExecutionStatus.RUNNING:
+        if attempt.status is ExecutionStatus.RUNNING or attempt.launched:
             return Plan(
                 (
                     FinishAttempt(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +59,8 @@ AGAIN = object()
 class _Snapshot:
     job: ContainerJob
     execution: ContainerExecution | None
+    #: what the container looked like right after we stopped it (exit code, stop time).
+    after_stop: Observed | None = None
 
 
 def job_view(job: ContainerJob, policy: Policy) -> d.JobView:
@@ -93,7 +95,40 @@ def attempt_view(execution: ContainerExecution | None) -> d.AttemptView | None:
         exit_code=execution.exit_code,
         cleaned_up=execution.cleaned_up,
         message=execution.message,
+        launched=bool(execution.container_id),
     )
+
+
+class HostBreaker:
+    """Marks a host unhealthy after consecutive transient failures, and healthy after a success.
+
+    While a host is unhealthy, unpinned jobs are scheduled elsewhere; the daemon's resync
+    re-probes it with ``health_check()``. One failure alone does not open the circuit.
+    """
+
+    threshold = 3
+
+    def __init__(self) -> None:
+        self._failures: dict[int, int] = {}
+
+    def failed(self, execution: ContainerExecution, exc: ExecutorError) -> None:
+        host_id = execution.executor_host_id
+        if host_id is None:
+            return
+        count = self._failures[host_id] = self._failures.get(host_id, 0) + 1
+        if count == self.threshold:
+            ExecutorHost.objects.filter(pk=host_id).update(
+                health_status=HealthStatus.UNHEALTHY, health_message=str(exc)[:2000]
+            )
+            log.warning("host marked unhealthy", host=execution.host_name, failures=count)
+
+    def succeeded(self, execution: ContainerExecution) -> None:
+        host_id = execution.executor_host_id
+        if host_id is None or not self._failures.pop(host_id, 0):
+            return
+        ExecutorHost.objects.filter(pk=host_id, health_status=HealthStatus.UNHEALTHY).update(
+            health_status=HealthStatus.HEALTHY, health_message=""
+        )
 
 
 def _first_start(job: ContainerJob, execution: ContainerExecution | None) -> dict[str, Any]:
@@ -127,6 +162,7 @@ class Reconciler:
         self.host_names = frozenset(host_names) if host_names else None
         #: when set, no new attempt is started (graceful shutdown).
         self.draining = False
+        self.breaker = HostBreaker()
 
     # The step -----------------------------------------------------------------------
 
@@ -159,6 +195,7 @@ class Reconciler:
                         observed = self._executor(execution).inspect(execution.container_name)
                     except ExecutorError as exc:
                         return self._executor_failed(execution, "inspect", exc)
+                    self.breaker.succeeded(execution)
             carried = None
             plan = d.decide(jv, av, observed, self.clock(), self.decide_policy)
             bind = log.bind(job_id=job_id)
@@ -219,10 +256,8 @@ class Reconciler:
             host=execution.host_name,
             error=str(exc),
         )
-        if isinstance(exc, Unavailable) and execution.executor_host_id:
-            ExecutorHost.objects.filter(pk=execution.executor_host_id).update(
-                health_status=HealthStatus.UNHEALTHY, health_message=str(exc)[:2000]
-            )
+        if isinstance(exc, Unavailable):
+            self.breaker.failed(execution, exc)
         ContainerExecution.objects.filter(pk=execution.pk).update(message=f"{verb}: {exc}"[:4000])
         return TRANSIENT_RETRY
 
@@ -307,11 +342,16 @@ class Reconciler:
             return None
         if isinstance(action, d.Stop):
             try:
-                self._executor(execution).stop(execution.container_name, action.grace_seconds)
+                executor = self._executor(execution)
+                executor.stop(execution.container_name, action.grace_seconds)
+                snap.after_stop = executor.inspect(execution.container_name)
             except ExecutorError as exc:
                 return self._executor_failed(execution, "stop", exc)
             return None
         if isinstance(action, d.FinishAttempt):
+            stopped = snap.after_stop
+            if stopped is not None and stopped.finished_at is not None and action.exit_code is None:
+                action = replace(action, exit_code=stopped.exit_code, finished_at=stopped.finished_at)
             return self._finish_attempt(job, execution, action, bind)
         if isinstance(action, d.Cleanup):
             try:
@@ -409,6 +449,7 @@ class Reconciler:
             started = time.perf_counter()
             observed = executor.launch(spec)
             m.LAUNCH_LATENCY.labels(execution.executor_type).observe(time.perf_counter() - started)
+            self.breaker.succeeded(execution)
         except InvalidSpec as exc:
             m.EXECUTOR_ERRORS.labels(execution.executor_type, "launch", "false").inc()
             bind.warning("launch refused", error=str(exc))
@@ -421,6 +462,10 @@ class Reconciler:
             return self._finish_attempt(job, execution, action, bind) or AGAIN
         except ExecutorError as exc:
             return self._executor_failed(execution, "launch", exc)
+        # The launch marker: from now on a missing container means "lost", never "create again".
+        container_id = observed.container_id or execution.container_name
+        ContainerExecution.objects.filter(pk=execution.pk).update(container_id=container_id)
+        execution.container_id = container_id
         return observed
 
     def _mark_running(
@@ -431,7 +476,8 @@ class Reconciler:
         observed: Observed | None,
         now: datetime,
     ) -> None:
-        container_id = observed.container_id if observed and observed.container_id else ""
+        container_id = (observed.container_id if observed else None) or execution.container_id
+        container_id = container_id or execution.container_name
         with transaction.atomic():
             check_fence()
             ContainerExecution.objects.filter(pk=execution.pk, status=ExecutionStatus.LAUNCHING.value).update(
@@ -485,7 +531,10 @@ class Reconciler:
             raise LostRace()
         kind = execution.executor_type or "unknown"
         m.ATTEMPTS_FINISHED.labels(kind, action.status.value, action.reason.value).inc()
-        if action.finished_at is not None:
+        if action.finished_at is not None and action.status in (
+            ExecutionStatus.COMPLETED,
+            ExecutionStatus.FAILED,
+        ):
             m.DETECTION_LATENCY.labels(kind).observe(max(0.0, (now - action.finished_at).total_seconds()))
         started = action.started_at or execution.started_at
         if started is not None:

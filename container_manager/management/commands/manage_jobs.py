@@ -254,6 +254,8 @@ class Command(BaseCommand):
             except ValidationError as exc:
                 errors.append(f"{where(index)}: {format_errors(exc)}")
             self.progress(index, len(jobs), "validating")
+        if len(errors) == 1:
+            raise CommandError(f"nothing was created: {errors[0]}")
         if errors:
             raise CommandError("nothing was created:\n" + "\n".join(errors))
         with transaction.atomic():
