@@ -57,11 +57,13 @@ class HealthStatus(models.TextChoices):
     UNHEALTHY = "unhealthy", "Unhealthy"
 
 
-JobStatusChoices = models.TextChoices("JobStatusChoices", [(s.name, s.value) for s in JobStatus])  # type: ignore[misc]
-ExecutionStatusChoices = models.TextChoices(  # type: ignore[misc]
-    "ExecutionStatusChoices", [(s.name, s.value) for s in ExecutionStatus]
-)
-ReasonChoices = models.TextChoices("ReasonChoices", [(r.name, r.value) for r in Reason])  # type: ignore[misc]
+def _choices(members: Any) -> list[tuple[str, str]]:
+    return [(m.value, m.name.replace("_", " ").title()) for m in members]
+
+
+JOB_STATUS_CHOICES = _choices(JobStatus)
+EXECUTION_STATUS_CHOICES = _choices(ExecutionStatus)
+REASON_CHOICES = _choices(Reason)
 
 
 def _protect_live_jobs(collector: Any, field: Any, sub_objs: Any, using: str) -> None:
@@ -80,7 +82,7 @@ def _protect_live_jobs(collector: Any, field: Any, sub_objs: Any, using: str) ->
         raise models.ProtectedError(
             f"cannot delete this host: {len(live)} unfinished job(s) or attempt(s) still use it", set(live)
         )
-    models.SET_NULL(collector, field, rows, using)
+    models.SET_NULL(collector, field, sub_objs, using)
 
 
 class ExecutorHost(models.Model):
@@ -258,7 +260,7 @@ class ContainerJob(models.Model):
     )
     status = models.CharField(
         max_length=16,
-        choices=JobStatusChoices.choices,
+        choices=JOB_STATUS_CHOICES,
         default=JobStatus.PENDING.value,
         db_default=JobStatus.PENDING.value,
         editable=False,
@@ -301,7 +303,7 @@ class ContainerJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True, editable=False)
     exit_code = models.IntegerField(null=True, blank=True, editable=False)
     failure_reason = models.CharField(
-        max_length=32, choices=ReasonChoices.choices, blank=True, default="", db_default="", editable=False
+        max_length=32, choices=REASON_CHOICES, blank=True, default="", db_default="", editable=False
     )
     status_message = models.TextField(blank=True, default="", db_default="", editable=False)
     attempts = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
@@ -451,7 +453,8 @@ class ContainerJob(models.Model):
         values = {}
         for name in names:
             field = self._meta.get_field(name)
-            values[field.attname] = getattr(self, field.attname)
+            attname = getattr(field, "attname", name)
+            values[attname] = getattr(self, attname)
         values["updated_at"] = timezone.now()
         updated = type(self).objects.filter(pk=self.pk, status=JobStatus.PENDING).update(**values)
         if not updated:
@@ -569,11 +572,11 @@ class ContainerExecution(models.Model):
     container_name = models.CharField(max_length=200, unique=True)
     container_id = models.CharField(max_length=300, blank=True, default="")
     status = models.CharField(
-        max_length=16, choices=ExecutionStatusChoices.choices, default=ExecutionStatus.LAUNCHING.value
+        max_length=16, choices=EXECUTION_STATUS_CHOICES, default=ExecutionStatus.LAUNCHING.value
     )
     exit_code = models.IntegerField(null=True, blank=True)
     oom_killed = models.BooleanField(default=False)
-    reason = models.CharField(max_length=32, choices=ReasonChoices.choices, blank=True, default="")
+    reason = models.CharField(max_length=32, choices=REASON_CHOICES, blank=True, default="")
     message = models.TextField(blank=True, default="")
     stdout = models.TextField(blank=True, default="")
     stderr = models.TextField(blank=True, default="")

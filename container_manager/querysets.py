@@ -69,7 +69,9 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
         if isinstance(host, str):
             host = ExecutorHost.objects.get(name=host)
         pk = host.pk if isinstance(host, ExecutorHost) else host
-        ran_there = self.model.executions.rel.related_model.objects.filter(executor_host_id=pk)
+        from container_manager.models import ContainerExecution
+
+        ran_there = ContainerExecution.objects.filter(executor_host_id=pk)
         return self.filter(Q(docker_host_id=pk) | Q(pk__in=ran_there.values("job_id")))
 
     def due(self, now: Any = None) -> ContainerJobQuerySet:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from executors.types import ContainerSpec, ExecutorEvent, HealthReport, LogTail, Observed, Usage
 
@@ -34,6 +34,11 @@ class Executor(abc.ABC):
     enforces_timeout: ClassVar[bool] = False
     #: Short name used in metrics labels.
     kind: ClassVar[str] = "abstract"
+
+    @classmethod
+    def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> Executor:
+        """Build the executor for a host row's connection string and config (see ``registry``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a host row")
 
     @abc.abstractmethod
     def launch(self, spec: ContainerSpec) -> Observed:

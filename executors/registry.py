@@ -69,8 +69,7 @@ def get_executor(host: HostLike) -> Executor:
         for k in stale:
             _cache.pop(k).close()
     cls = backend_class(host.executor_type)
-    factory = cls.from_config
-    executor = factory(host.connection_string, dict(host.executor_config or {}), host.name)
+    executor = cls.from_config(host.connection_string, dict(host.executor_config or {}), host.name)
     with _lock:
         # Another thread may have built one meanwhile; keep the first.
         existing = _cache.setdefault(key, executor)

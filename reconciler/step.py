@@ -278,7 +278,7 @@ class Reconciler:
         if isinstance(action, d.StartAttempt):
             return self._start_attempt(job, action.attempt, bind)
         if isinstance(action, d.FinishJob):
-            fields = {
+            fields: dict[str, Any] = {
                 "failure_reason": action.reason.value,
                 "status_message": action.message[:4000],
                 "exit_code": action.exit_code,

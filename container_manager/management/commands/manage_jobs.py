@@ -73,7 +73,7 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "image": job.image,
         "command": job.command,
         "status": job.status,
-        "host": job.docker_host.name if job.docker_host_id else None,
+        "host": job.docker_host.name if job.docker_host else None,
         "attempts": job.attempts,
         "max_retries": job.max_retries,
         "exit_code": job.exit_code,
@@ -315,7 +315,7 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{'ID':>7}  {'STATUS':<10} {'ATT':>3}  {'EXIT':>4}  {'HOST':<16} IMAGE")
         for job in rows:
-            host = job.docker_host.name if job.docker_host_id else "-"
+            host = job.docker_host.name if job.docker_host else "-"
             code = "" if job.exit_code is None else str(job.exit_code)
             self.stdout.write(
                 f"{job.pk:>7}  {job.status:<10} {job.attempts:>3}  {code:>4}  {host:<16} {job.image}"
@@ -466,7 +466,7 @@ class Command(BaseCommand):
                 "active": h.is_active,
                 "health": h.health_status,
                 "last_health_check": h.last_health_check,
-                "running": h.running_jobs,
+                "running": getattr(h, "running_jobs", 0),
                 "max_concurrent_jobs": h.max_concurrent_jobs,
                 "message": h.health_message,
             }
