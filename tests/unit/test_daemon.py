@@ -1,0 +1,302 @@
+"""The daemon's sources, workers and modes, on the mock executor (threads, real time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
+from container_manager.states import JobStatus
+from executors.mock import MockExecutor
+from executors.types import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, LABEL_MANAGED, ContainerSpec
+from reconciler.daemon import Daemon, DaemonOptions
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TERMINAL = ["completed", "failed", "timeout", "cancelled"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def job(command: str, **kw: Any) -> ContainerJob:
+    return ContainerJob.objects.create(image="busybox", command=command, memory_limit=64, cpu_limit=0.5, **kw)
+
+
+def run_in_thread(daemon: Daemon) -> threading.Thread:
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert daemon.ready.wait(5)
+    return thread
+
+
+@pytest.fixture
+def host() -> ExecutorHost:
+    return ExecutorHost.objects.create(name="mock-d", executor_type="mock", max_concurrent_jobs=20)
+
+
+def test_until_idle_runs_every_job_to_the_end_and_exits(host: ExecutorHost) -> None:
+    jobs = [job("sh -c 'echo one; sleep 0.2'") for _ in range(6)] + [job("exit 2"), job("oom")]
+    daemon = Daemon(DaemonOptions(workers=3, until_idle=True, poll_seconds=0.05, resync_seconds=1))
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "--until-idle must exit once nothing is unfinished"
+    statuses = {j.pk: ContainerJob.objects.get(pk=j.pk).status for j in jobs}
+    assert list(statuses.values()).count("completed") == 6
+    assert sorted(ContainerJob.objects.filter(status="failed").values_list("failure_reason", flat=True)) == [
+        "exit_code",
+        "oom",
+    ]
+    assert ContainerExecution.objects.filter(cleaned_up=False).count() == 0
+
+
+def test_once_does_one_pass_and_leaves_long_jobs_running(host: ExecutorHost) -> None:
+    quick, slow = job("echo quick"), job("sleep 30")
+    assert Daemon(DaemonOptions(once=True)).run() == 0
+    assert ContainerJob.objects.get(pk=quick.pk).status == JobStatus.COMPLETED
+    assert ContainerJob.objects.get(pk=slow.pk).status == JobStatus.RUNNING
+
+
+def test_rows_inserted_by_sql_are_picked_up_while_running(host: ExecutorHost) -> None:
+    daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
+    thread = run_in_thread(daemon)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO container_manager_containerjob (image, command) VALUES (%s, %s)",
+                ["busybox", "echo sql"],
+            )
+        assert wait_until(lambda: ContainerJob.objects.filter(status="completed").count() == 1)
+        assert ContainerExecution.objects.get().stdout == "sql\n"
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_events_finish_jobs_long_before_the_resync(host: ExecutorHost) -> None:
+    """The mock pushes 'die' events; with a 60 s resync only events can explain a fast finish."""
+    daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
+    thread = run_in_thread(daemon)
+    try:
+        j = job("sleep 0.5")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "running")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=5)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_lost_events_still_converge_through_resync(host: ExecutorHost) -> None:
+    mock = host.get_executor()
+    assert isinstance(mock, MockExecutor)
+    mock.drop_events = True
+    daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=0.5))
+    thread = run_in_thread(daemon)
+    try:
+        j = job("sleep 0.3", timeout_seconds=3600)
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_cancel_request_reaches_a_running_job(host: ExecutorHost) -> None:
+    daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
+    thread = run_in_thread(daemon)
+    try:
+        j = job("hang")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "running")
+        ContainerJob.objects.get(pk=j.pk).cancel(actor="test")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "cancelled")
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_orphans_are_removed_after_the_grace_period(host: ExecutorHost, settings: Any) -> None:
+    settings.CONTAINER_MANAGER = {"ORPHAN_GRACE_SECONDS": 0.2}
+    mock = host.get_executor()
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: "default", LABEL_JOB: "999", LABEL_ATTEMPT: "1"}
+    mock.launch(
+        ContainerSpec(
+            name="cm-default-999-1", image="busybox", command=("hang",), labels=tuple(labels.items())
+        )
+    )
+    foreign = {**labels, LABEL_INSTANCE: "someone-else"}
+    mock.launch(
+        ContainerSpec(name="cm-other-1-1", image="busybox", command=("hang",), labels=tuple(foreign.items()))
+    )
+    daemon = Daemon(DaemonOptions(once=True))
+    daemon.sweep_orphans()
+    assert {c.name for c in mock.list_managed("default")} == {"cm-default-999-1"}, "grace first"
+    time.sleep(0.25)
+    daemon.sweep_orphans()
+    assert mock.list_managed("default") == []
+    assert [c.name for c in mock.list_managed("someone-else")] == ["cm-other-1-1"], "not ours: untouched"
+
+
+def test_live_attempts_are_never_treated_as_orphans(host: ExecutorHost, settings: Any) -> None:
+    settings.CONTAINER_MANAGER = {"ORPHAN_GRACE_SECONDS": 0}
+    j = job("hang")
+    Daemon(DaemonOptions(once=True)).run()
+    assert ContainerJob.objects.get(pk=j.pk).status == "running"
+    daemon = Daemon(DaemonOptions(once=True))
+    daemon.sweep_orphans()
+    daemon.sweep_orphans()
+    assert len(host.get_executor().list_managed("default")) == 1
+
+
+def test_host_filter_leaves_other_hosts_jobs_alone(host: ExecutorHost) -> None:
+    other = ExecutorHost.objects.create(name="mock-other", executor_type="mock")
+    mine, theirs = job("echo a", docker_host=host), job("echo b", docker_host=other)
+    Daemon(DaemonOptions(once=True, host_names=("mock-d",))).run()
+    assert ContainerJob.objects.get(pk=mine.pk).status == "completed"
+    assert ContainerJob.objects.get(pk=theirs.pk).status == "pending"
+
+
+def test_a_failing_step_is_retried_with_backoff_and_does_not_kill_the_daemon(
+    host: ExecutorHost, monkeypatch: Any
+) -> None:
+    daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05, resync_seconds=60))
+    calls: list[int] = []
+    original = daemon.reconciler.reconcile
+
+    def flaky(job_id: int) -> float | None:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return original(job_id)
+
+    monkeypatch.setattr(daemon.reconciler, "reconcile", flaky)
+    thread = run_in_thread(daemon)
+    try:
+        j = job("echo survive")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+    assert calls[0] == j.pk and len(calls) >= 2
+
+
+def _subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        CONTAINER_MANAGER_HOME=str(tmp_path),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _cli(tmp_path: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "container_manager.cli", *args],
+        env=_subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )
+
+
+@pytest.fixture
+def file_db(tmp_path: Path) -> Path:
+    assert _cli(tmp_path, "migrate", "-v0").returncode == 0
+    script = (
+        "from container_manager.models import ExecutorHost, ContainerJob\n"
+        "ExecutorHost.objects.create(name='m', executor_type='mock')\n"
+        "ContainerJob.objects.create(image='busybox', command='hang', memory_limit=64)\n"
+    )
+    done = _cli(tmp_path, "shell", "-c", script)
+    assert done.returncode == 0, done.stderr
+    return tmp_path
+
+
+def test_sigterm_drains_and_exits_cleanly(file_db: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "container_manager.cli",
+            "process_jobs",
+            "--metrics-port",
+            "0",
+            "--poll-interval",
+            "0.1",
+            "--log-format",
+            "json",
+        ],
+        env=_subprocess_env(file_db),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        status: list[str] = []
+        while time.monotonic() < deadline and status != ["running"]:
+            status = (
+                _cli(
+                    file_db,
+                    "shell",
+                    "-c",
+                    "from container_manager.models import ContainerJob;"
+                    "print(ContainerJob.objects.get().status)",
+                )
+                .stdout.strip()
+                .splitlines()[-1:]
+            )
+            time.sleep(0.2)
+        assert status == ["running"]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "daemon stopped" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_second_signal_forces_exit(file_db: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys, time\n"
+            "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'container_manager.settings')\n"
+            "import django; django.setup()\n"
+            "from container_manager.management.commands.process_jobs import Command\n"
+            "class Stuck:\n"
+            "    def request_stop(self): pass\n"
+            "Command()._install_signal_handlers(Stuck())\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n",
+        ],
+        env=_subprocess_env(file_db),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the first signal only asks for a graceful stop"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 128 + signal.SIGTERM
