@@ -300,3 +300,48 @@ def test_second_signal_forces_exit(file_db: Path) -> None:
     assert proc.poll() is None, "the first signal only asks for a graceful stop"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 128 + signal.SIGTERM
+
+
+class NoTransactionMock(MockExecutor):
+    """Fails any executor call made while the calling thread holds a database transaction."""
+
+    violations: list[str]
+
+    def _call(self, verb: str, name: str) -> None:
+        from django.db import connection as thread_connection
+
+        if thread_connection.in_atomic_block:
+            self.violations.append(verb)
+        super()._call(verb, name)
+
+
+def test_no_transaction_is_held_across_executor_calls(host: ExecutorHost) -> None:
+    spy = NoTransactionMock("spy")
+    spy.violations = []
+    jobs = [
+        job("echo a"),
+        job("exit 3", max_retries=1, retry_backoff_seconds=0.05),
+        job("hang", timeout_seconds=1),
+        job("oom"),
+    ]
+    daemon = Daemon(
+        DaemonOptions(workers=2, until_idle=True, poll_seconds=0.05, resync_seconds=0.5),
+        executor_for=lambda h: spy,
+    )
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert all(ContainerJob.objects.get(pk=j.pk).is_terminal_status for j in jobs)
+    assert {verb for verb, _ in spy.calls} >= {"launch", "inspect", "logs", "remove", "stop"}
+    assert spy.violations == []
+
+
+def test_the_transaction_check_can_fail(host: ExecutorHost) -> None:
+    from django.db import transaction
+
+    spy = NoTransactionMock("spy")
+    spy.violations = []
+    with transaction.atomic():
+        spy.inspect("anything")
+    assert spy.violations == ["inspect"]

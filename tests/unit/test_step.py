@@ -413,3 +413,27 @@ def test_labels_identify_instance_job_and_attempt(world: World, host: ExecutorHo
     assert spec.secret_keys == frozenset({"API_TOKEN"})
     assert "s3cret" not in repr(spec)
     assert spec.user == "65534:65534" and spec.memory_mb == 64 and spec.cpu == 0.5
+
+
+def test_query_count_of_a_step_does_not_grow_with_history(
+    world: World, host: ExecutorHost, clock: Any
+) -> None:
+    def run_one() -> tuple[int, int]:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        job = make_job(host, "sleep 5")
+        r = world.reconciler()
+        with CaptureQueriesContext(connection) as launch:
+            r.reconcile(job.pk)
+        with CaptureQueriesContext(connection) as observe:
+            r.reconcile(job.pk)
+        clock.advance(6)
+        r.reconcile(job.pk)
+        return len(launch.captured_queries), len(observe.captured_queries)
+
+    before = run_one()
+    for _ in range(60):
+        run_one()
+    assert run_one() == before
+    assert before[1] == 2, "observing a running job reads the job row and its attempt, nothing else"
