@@ -20,26 +20,18 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from container_manager.management.commands.process_jobs import positive_int
+from container_manager.models import USER_EDITABLE_FIELDS
 from container_manager.states import JobStatus
 
 _DURATION_RE = re.compile(r"\A(\d+)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-SUBMIT_FIELDS = {
-    "image",
-    "command",
-    "name",
+#: Fields of a submitted job: the model's user-editable ones, with relations named by name.
+SUBMIT_FIELDS = (
+    set(USER_EDITABLE_FIELDS) - {"docker_host", "environment_template", "override_environment"}
+) | {
     "host",
     "template",
     "env",
-    "memory_limit",
-    "cpu_limit",
-    "timeout_seconds",
-    "max_retries",
-    "retry_backoff_seconds",
-    "retry_backoff_max_seconds",
-    "retry_on",
-    "priority",
-    "run_after",
 }
 
 
