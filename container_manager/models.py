@@ -665,3 +665,32 @@ class JobEvent(models.Model):
 
             raise HistoryIsAppendOnly()
         super().save(*args, **kwargs)
+
+
+class LeaderLease(models.Model):
+    """Who leads the reconciler replicas that share this database (PostgreSQL only).
+
+    One row per lease ``name``. The leader renews ``expires_at`` (database clock) every
+    ~TTL/5; a standby takes the row over with a compare-and-swap when the lease has expired
+    or the leader's database session is gone, and bumps ``epoch``, the fencing token. Every
+    status-changing transaction of the daemon re-reads this row (``FOR SHARE``) and aborts
+    unless it still names this process and epoch, so a paused former leader cannot write.
+    Written only by ``reconciler.leader``; SQLite deployments run one replica and never use it.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    #: unique per daemon process: "daemon:<hostname>:<pid>:<random>".
+    holder = models.CharField(max_length=200)
+    #: incremented at every change of holder; the fencing token.
+    epoch = models.BigIntegerField(default=1)
+    #: ``pg_backend_pid()`` of the leader's election session: when it is gone, so is the leader.
+    backend_pid = models.IntegerField(null=True, blank=True)
+    acquired_at = models.DateTimeField()
+    renewed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "leader lease"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder} (epoch {self.epoch})"

@@ -5,10 +5,19 @@ event watchers, the periodic full resync (which also sweeps orphans and re-probe
 hosts), and the step's own "look again in N seconds" timers. Because the queue never hands
 one key to two workers and every step re-reads the rows, losing any event only delays
 convergence until the next resync.
+
+With several replicas on one database only the leader runs sources and workers
+(``reconciler.leader``): a standby waits for the lease, and a leader that loses it stops at
+once and exits with ``LEADERSHIP_LOST_EXIT`` so that its supervisor restarts it as a standby.
+Containers are never stopped on the way out: the next leader's resync adopts them. Under
+systemd (``Type=notify``) the daemon reports READY, STATUS, WATCHDOG and STOPPING through
+``reconciler.sdnotify``; the watchdog is pinged from the main loop only while the loop's last
+pass is recent, so a hung loop gets restarted.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -24,12 +33,14 @@ from django.utils import timezone
 from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
 from container_manager.states import LIVE, ExecutionStatus
+from container_manager.transitions import Fenced, set_fence
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from executors.types import EventKind
 from metrics import definitions as m
-from reconciler import notify
+from reconciler import notify, sdnotify
+from reconciler.leader import DEFAULT_LEASE_NAME, DEFAULT_TTL, Elector, guarded_executors, make_elector
 from reconciler.orphans import census
 from reconciler.queue import ShutDown, WorkQueue
 from reconciler.step import Reconciler
@@ -37,6 +48,12 @@ from reconciler.step import Reconciler
 log = structlog.get_logger("reconciler.daemon")
 
 _LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
+#: exit status after losing leadership (EX_TEMPFAIL): the supervisor restarts us as a standby.
+LEADERSHIP_LOST_EXIT = 75
+#: the watchdog is pinged only while the last loop pass is younger than this many resyncs.
+STALE_AFTER_RESYNCS = 3.0
+#: seconds between two STATUS= updates while nothing changes.
+STATUS_EVERY = 10.0
 
 
 def default_actor() -> str:
@@ -58,6 +75,13 @@ class DaemonOptions:
     actor: str = field(default_factory=default_actor)
     #: how many due jobs one poll enqueues at most.
     poll_batch: int = 1000
+    #: "off" (this process always leads) or "auto" (a lease on PostgreSQL, one replica on SQLite).
+    leader_election: str = "off"
+    lease_name: str = DEFAULT_LEASE_NAME
+    #: lease time-to-live (s): a paused leader is replaced after about this long.
+    lease_seconds: float = DEFAULT_TTL
+    #: at startup, wait up to this long for at least one executor host to answer.
+    startup_wait_seconds: float = 30.0
 
 
 class Daemon:
@@ -70,7 +94,16 @@ class Daemon:
     ) -> None:
         self.options = options or DaemonOptions()
         self.policy = policy or get_policy()
+        self.elector: Elector = make_elector(
+            self.options.leader_election,
+            name=self.options.lease_name,
+            ttl=self.options.lease_seconds,
+            oneshot=self.options.once,
+        )
+        if self.elector.needs_fence:
+            executor_for = guarded_executors(executor_for, self.elector)
         self.executor_for = executor_for
+        self.notifier = sdnotify.Notifier.from_environ()
         self.reconciler = Reconciler(
             actor=self.options.actor,
             policy=self.policy,
@@ -89,48 +122,210 @@ class Daemon:
         self.ready = threading.Event()
         self.resync_seconds = self.options.resync_seconds or self.policy.resync_seconds
         self.poll_seconds = self.options.poll_seconds or self.policy.poll_seconds
+        #: the watchdog is pinged only while ``last_pass`` is younger than this (as /healthz).
+        self.stale_after = STALE_AFTER_RESYNCS * self.resync_seconds
+        self._status = ("", 0.0)
+        self._stopping_sent = False
+        self._ready_sent = False
 
     # Lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped (or idle, with ``once``/``until_idle``); returns an exit code."""
-        m.zero_initialise(self._hosts().values_list("name", flat=True))
+        """Run until stopped (or idle, with ``once``/``until_idle``); returns an exit code.
+
+        0 after a requested stop, ``LEADERSHIP_LOST_EXIT`` after losing leadership. Raises a
+        ``ReconcilerError`` (clear message) when this replica may not run at all.
+        """
         if self.options.once:
-            return self._run_once()
-        self._start(self._resync_loop, "resync")
-        self._start(self._poll_loop, "poller")
-        if notify.is_postgres():
-            self._start(self._listen_loop, "listener")
-        for index in range(max(1, self.options.workers)):
-            self._start(self._worker_loop, f"worker-{index}")
-        self.ready.set()
-        log.info(
-            "daemon started",
-            workers=self.options.workers,
-            actor=self.options.actor,
-            hosts=list(self.options.host_names) or "all",
-        )
+            m.zero_initialise(self._hosts().values_list("name", flat=True))
+            self.elector.start_oneshot()
+            try:
+                return self._run_once()
+            finally:
+                self.elector.stop()
+        self._set_status("starting: waiting for the database")
+        if not self._wait_until_reachable():
+            self.shutdown()
+            return 0
+        m.zero_initialise(self._hosts().values_list("name", flat=True))
+        self.elector.start()
+        if self.elector.needs_fence:
+            set_fence(self.elector.fence)
         try:
-            while not self.stop_event.wait(self.poll_seconds):
-                if self.options.until_idle and self._idle():
-                    log.info("no unfinished jobs left; exiting")
-                    break
+            if not self._wait_for_leadership():
+                return 0
+            self._start(self._resync_loop, "resync")
+            self._start(self._poll_loop, "poller")
+            if notify.is_postgres():
+                self._start(self._listen_loop, "listener")
+            for index in range(max(1, self.options.workers)):
+                self._start(self._worker_loop, f"worker-{index}")
+            self._announce_ready()
+            log.info(
+                "daemon started",
+                workers=self.options.workers,
+                actor=self.options.actor,
+                hosts=list(self.options.host_names) or "all",
+                role=self.elector.describe(),
+            )
+            return self._lead()
         finally:
             self.shutdown()
-        return 0
 
     def request_stop(self) -> None:
         """Graceful stop: claim nothing new, let in-flight steps finish, then exit."""
         self.reconciler.draining = True
         self.stop_event.set()
+        self.resync_now.set()  # wakes the resync loop so it sees the stop at once
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self.notifier.stopping("stopping: finishing in-flight steps; containers keep running")
 
     def shutdown(self, timeout: float = 60.0) -> None:
         self.request_stop()
         self.queue.shutdown()
         deadline = time.monotonic() + timeout
+        tick = self._tick()
         for thread in self._threads + list(self._watchers.values()):
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                # Keep the watchdog fed while draining: the loop is alive, just finishing work.
+                thread.join(min(tick, max(0.0, deadline - time.monotonic())))
+                if self.notifier.ping_due(slack=tick / 2):
+                    self.notifier.ping()
+        if self.elector.needs_fence:
+            set_fence(None)
+        # Only now, with every fenced write done, hand the lease over (at once, not after TTL).
+        self.elector.stop(release=not self.elector.lost)
+        # The thread that ran the daemon used the database too (start-up, idle checks); its
+        # connection would otherwise outlive the daemon when run() is called from a thread.
+        for conn in connections.all(initialized_only=True):
+            if not conn.in_atomic_block:
+                conn.close()
         log.info("daemon stopped")
+
+    def is_leader(self) -> bool:
+        """True while this replica leads (always, without leader election); for /readyz and metrics."""
+        return self.elector.is_leader()
+
+    # Leadership, readiness and the watchdog -------------------------------------------
+
+    def _tick(self) -> float:
+        """How often the main loop wakes: for the until-idle check, leadership and the watchdog."""
+        interval = self.notifier.watchdog_interval
+        return min(self.poll_seconds, 0.5, interval / 2 if interval else math.inf)
+
+    def _wait_until_reachable(self) -> bool:
+        """Block until the database answers and (for a while) an executor host does; False if stopped."""
+        while not self.stop_event.is_set():
+            try:
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                break
+            except Exception as exc:
+                self._set_status(f"starting: database unreachable ({type(exc).__name__}); retrying")
+                log.warning("database unreachable; retrying", error=str(exc))
+                connections.close_all()
+                self._feed_watchdog(alive=True)
+                self.stop_event.wait(1.0)
+        deadline = time.monotonic() + self.options.startup_wait_seconds
+        while not self.stop_event.is_set():
+            down = self._unreachable_hosts()
+            if down is None:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("no executor host answers yet; starting anyway", hosts=down)
+                return True
+            self._set_status(f"starting: waiting for an executor host ({', '.join(down)} unreachable)")
+            self._feed_watchdog(alive=True)
+            self.stop_event.wait(1.0)
+        return False
+
+    def _unreachable_hosts(self) -> list[str] | None:
+        """None when some active host answers a health check (or none is configured)."""
+        down: list[str] = []
+        for host in self._hosts():
+            try:
+                if self.executor_for(host).health_check(timeout=5.0).healthy:
+                    return None
+            except ExecutorError:
+                pass
+            down.append(host.name)
+        return down or None
+
+    def _wait_for_leadership(self) -> bool:
+        """Standby until the lease is ours; False if a stop was requested meanwhile."""
+        if self.elector.wait_leading(0):
+            return not self.stop_event.is_set()
+        self._announce_ready()
+        log.info("standing by", role=self.elector.describe())
+        while not self.elector.wait_leading(self._tick()):
+            if self.stop_event.is_set():
+                return False
+            # The election loop is this replica's work while standing by.
+            self.last_pass = max(self.last_pass, self.elector.heartbeat())
+            self._set_status(self.elector.describe())
+            self._feed_watchdog()
+            if self.options.until_idle and self._idle():
+                log.info("no unfinished jobs left (another replica did the work); exiting")
+                return False
+        log.info("leading", role=self.elector.describe())
+        self.last_pass = time.monotonic()
+        return not self.stop_event.is_set()
+
+    def _lead(self) -> int:
+        """The main loop while leading: watch leadership, feed the watchdog, detect idleness."""
+        while not self.stop_event.wait(self._tick()):
+            if self.elector.lost:
+                break
+            self._feed_watchdog()
+            self._set_status(
+                f"{self.elector.describe()}: {len(self.queue)} queued, "
+                f"last pass {time.monotonic() - self.last_pass:.0f} s ago",
+                every=STATUS_EVERY,
+            )
+            if self.options.until_idle and self._idle():
+                log.info("no unfinished jobs left; exiting")
+                return 0
+        if self.elector.lost:
+            log.error(
+                "leadership lost; stopping so that the supervisor restarts this replica as a standby",
+                reason=self.elector.lost_reason,
+            )
+            self.notifier.status(f"leadership lost: {self.elector.lost_reason}")
+            return LEADERSHIP_LOST_EXIT
+        return 0
+
+    def _announce_ready(self) -> None:
+        self.ready.set()
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._status = (self.elector.describe(), time.monotonic())
+            self.notifier.ready(self._status[0])
+
+    def _set_status(self, text: str, every: float | None = None) -> None:
+        """Send STATUS= when ``text`` changes (or, with ``every``, at most that often)."""
+        last, at = self._status
+        now = time.monotonic()
+        if every is not None:
+            if now - at < every:
+                return
+        elif text == last:
+            return
+        self._status = (text, now)
+        self.notifier.status(text)
+
+    def _feed_watchdog(self, *, alive: bool | None = None) -> None:
+        """WATCHDOG=1 when due, but only while the loop makes progress (else systemd restarts us)."""
+        if not self.notifier.ping_due(slack=self._tick() / 2):
+            return
+        if alive is None:
+            alive = time.monotonic() - self.last_pass < self.stale_after
+        if alive:
+            self.notifier.ping()
+        else:
+            log.error(
+                "loop stalled; withholding the watchdog ping", last_pass_age=time.monotonic() - self.last_pass
+            )
 
     def _start(self, target: Callable[[], None], name: str) -> threading.Thread:
         def run() -> None:
@@ -192,7 +387,15 @@ class Daemon:
         try:
             delay = self.reconciler.reconcile(job_id)
             self._failures.pop(job_id, None)
+        except Fenced:
+            # Leadership is gone: write nothing more; the main loop stops the daemon.
+            log.warning("write refused: this replica no longer leads", job_id=job_id)
+            return 1.0
         except Exception as exc:
+            if not self.elector.is_leader():
+                # e.g. the session of a leader paused inside a transaction was ended by the server.
+                log.warning("step abandoned: this replica no longer leads", job_id=job_id, error=str(exc))
+                return 1.0
             failures = self._failures[job_id] = self._failures.get(job_id, 0) + 1
             kind = (
                 "database"

@@ -16,3 +16,11 @@ class LostRace(ReconcilerError):
 
 class SingleReplicaOnly(ReconcilerError):
     """Another daemon already runs against this SQLite database; SQLite allows one replica."""
+
+
+class LeaderElectionError(ReconcilerError):
+    """Leader election cannot start on this database (is the lease table migrated?)."""
+
+
+class AnotherDaemonLeads(ReconcilerError):
+    """Another daemon leads the replicas on this database; a one-shot pass would compete with it."""

@@ -41,10 +41,17 @@ def port(value: str) -> int:
     return number
 
 
+def lease_name(value: str) -> str:
+    if not 1 <= len(value) <= 100:
+        raise ArgumentTypeError(f"a lease name has 1 to 100 characters, got {len(value)}")
+    return value
+
+
 class Command(BaseCommand):
     help = (
         "Run the reconciler: launch pending jobs, watch containers, enforce timeouts, retries and "
-        "cancellation, and record every attempt. Stops gracefully on SIGTERM/SIGINT (a second signal forces)."
+        "cancellation, and record every attempt. Stops gracefully on SIGTERM/SIGINT (a second signal forces). "
+        "With several replicas one leads; a leader that loses its lease exits with status 75."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -97,11 +104,36 @@ class Command(BaseCommand):
             default="127.0.0.1",
             help="Address the metrics endpoint binds (default 127.0.0.1).",
         )
+        parser.add_argument(
+            "--leader-election",
+            choices=["auto", "off"],
+            default="auto",
+            help=(
+                "auto (default): on PostgreSQL, replicas elect one leader through a lease and the others "
+                "stand by; on SQLite, a second daemon refuses to start. off: no election (you guarantee "
+                "a single replica)."
+            ),
+        )
+        parser.add_argument(
+            "--lease-seconds",
+            type=positive_float,
+            default=5.0,
+            metavar="SECONDS",
+            help="Leader lease time-to-live: a paused or hung leader is replaced after about this long "
+            "(default 5; renewed every fifth of it).",
+        )
+        parser.add_argument(
+            "--lease-name",
+            type=lease_name,
+            default="reconciler",
+            help="Replicas sharing a lease name elect one leader (default 'reconciler').",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from container_manager.logconfig import configure
         from container_manager.models import ExecutorHost
         from reconciler.daemon import Daemon, DaemonOptions
+        from reconciler.exceptions import ReconcilerError
 
         configure(options["log_format"], options["log_level"])
         unknown = sorted(set(options["host"]) - set(ExecutorHost.objects.values_list("name", flat=True)))
@@ -115,6 +147,9 @@ class Command(BaseCommand):
                 host_names=tuple(options["host"]),
                 once=options["once"],
                 until_idle=options["until_idle"],
+                leader_election=options["leader_election"],
+                lease_seconds=options["lease_seconds"],
+                lease_name=options["lease_name"],
             )
         )
         self._install_signal_handlers(daemon)
@@ -123,6 +158,8 @@ class Command(BaseCommand):
             server = self._start_metrics(daemon, options["metrics_addr"], options["metrics_port"])
         try:
             code = daemon.run()
+        except ReconcilerError as exc:  # e.g. a second replica on SQLite: a message, not a traceback
+            raise CommandError(str(exc)) from exc
         finally:
             if server is not None:
                 server.stop()

@@ -78,7 +78,7 @@ def test_two_loops_on_one_database_never_launch_a_job_twice(running: Callable[[D
         )
     ids = [j.pk for j in jobs]
     assert wait_until(
-        lambda: ContainerJob.objects.filter(pk__in=ids, status="completed").count() == len(ids), 60
+        lambda: ContainerJob.objects.filter(pk__in=ids, status="completed").count() == len(ids), 180
     )
     assert len(mock.started) == len(set(mock.started)) == len(ids), "one container per job, started once"
     assert set(ContainerJob.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}
