@@ -27,7 +27,7 @@ class Policy:
     default_max_concurrent_jobs: int = 10
     max_concurrent_jobs_cap: int = 100
     max_retries_cap: int = 20
-    #: "uid:gid" containers run as unless ``allow_root`` is set and the job asks for root.
+    #: "uid:gid" every container runs as; an empty string keeps the image's own user.
     default_user: str = "65534:65534"
     pids_limit: int = 256
     #: fnmatch patterns; empty means any syntactically valid image is allowed.

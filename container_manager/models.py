@@ -85,6 +85,10 @@ def _protect_live_jobs(collector: Any, field: Any, sub_objs: Any, using: str) ->
     models.SET_NULL(collector, field, sub_objs, using)
 
 
+def _default_max_concurrent_jobs() -> int:
+    return get_policy().default_max_concurrent_jobs
+
+
 class ExecutorHost(models.Model):
     """Represents an execution environment (Docker daemon, Cloud Run region, or the mock).
 
@@ -112,7 +116,9 @@ class ExecutorHost(models.Model):
     )
     health_message = models.TextField(blank=True, default="", db_default="")
     max_concurrent_jobs = models.PositiveIntegerField(
-        default=10, db_default=10, help_text="Attempts allowed to run at once on this host."
+        default=_default_max_concurrent_jobs,
+        db_default=10,
+        help_text="Attempts allowed to run at once on this host (default: settings).",
     )
     description = models.TextField(blank=True, default="", db_default="")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now())

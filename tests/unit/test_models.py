@@ -426,3 +426,11 @@ def test_validation_errors_never_show_secret_values() -> None:
     with pytest.raises(ValidationError) as info:
         _job(override_environment="API_TOKEN='hunter2")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.django_db
+def test_host_capacity_defaults_from_settings(settings: Any) -> None:
+    settings.CONTAINER_MANAGER = {"DEFAULT_MAX_CONCURRENT_JOBS": 3}
+    host = ExecutorHost.objects.create(name="from-settings", executor_type="mock")
+    assert host.max_concurrent_jobs == 3
+    assert ExecutorHost.objects.get(pk=host.pk).max_concurrent_jobs == 3
