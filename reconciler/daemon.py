@@ -113,6 +113,8 @@ class Daemon:
         self.queue = WorkQueue()
         self.stop_event = threading.Event()
         self.resync_now = threading.Event()
+        #: a source or worker thread died: the daemon stops and exits non-zero.
+        self.crashed = False
         self._threads: list[threading.Thread] = []
         self._watchers: dict[int, threading.Thread] = {}
         self._orphans_seen: dict[tuple[int, str], float] = {}
@@ -293,7 +295,7 @@ class Daemon:
             )
             self.notifier.status(f"leadership lost: {self.elector.lost_reason}")
             return LEADERSHIP_LOST_EXIT
-        return 0
+        return 1 if self.crashed else 0
 
     def _announce_ready(self) -> None:
         self.ready.set()
@@ -335,6 +337,7 @@ class Daemon:
                 pass
             except Exception:
                 log.exception("daemon thread crashed", thread=name)
+                self.crashed = True  # exit non-zero, so the supervisor restarts the daemon
                 self.request_stop()
             finally:
                 connections.close_all()
@@ -428,7 +431,12 @@ class Daemon:
         while not self.stop_event.is_set():
             close_old_connections()
             if not self.reconciler.draining:
-                self.poll()
+                try:
+                    self.poll()
+                except Exception:
+                    # A passing database error must not stop pickup; the next poll retries.
+                    m.RECONCILE_ERRORS.labels("database").inc()
+                    log.exception("poll failed")
             self.stop_event.wait(self.poll_seconds)
 
     def poll(self) -> None:

@@ -210,10 +210,10 @@ def _decide_outcome(job: JobView, attempt: AttemptView, now: datetime) -> Plan:
     """The attempt is over and the job is not: finish the job or schedule the next attempt."""
     cleanup: tuple[Action, ...] = () if attempt.cleaned_up else (Cleanup(),)
     if attempt.status is ExecutionStatus.COMPLETED:
-        return Plan((*cleanup, FinishJob(JobStatus.COMPLETED, Reason.NONE, attempt.exit_code)))
+        return Plan((FinishJob(JobStatus.COMPLETED, Reason.NONE, attempt.exit_code), *cleanup))
     if attempt.status is ExecutionStatus.CANCELLED or job.cancel_requested:
         return Plan(
-            (*cleanup, FinishJob(JobStatus.CANCELLED, Reason.CANCELLED, attempt.exit_code, "cancelled"))
+            (FinishJob(JobStatus.CANCELLED, Reason.CANCELLED, attempt.exit_code, "cancelled"), *cleanup)
         )
     if attempt.reason in job.retry_on and job.attempts < job.max_retries + 1:
         delay = backoff_seconds(
@@ -222,13 +222,13 @@ def _decide_outcome(job: JobView, attempt: AttemptView, now: datetime) -> Plan:
         retry = ScheduleRetry(
             now + timedelta(seconds=delay), attempt.reason, attempt.exit_code, attempt.message
         )
-        return Plan((*cleanup, retry), requeue_after=delay)
+        return Plan((retry, *cleanup), requeue_after=delay)
     return Plan(
         (
-            *cleanup,
             FinishJob(
                 execution_status_to_job(attempt.status), attempt.reason, attempt.exit_code, attempt.message
             ),
+            *cleanup,
         )
     )
 
@@ -279,7 +279,7 @@ def _decide_live(
     if state is ContainerState.CREATED:
         if job.cancel_requested:
             return Plan(
-                (FinishAttempt(ExecutionStatus.CANCELLED, Reason.CANCELLED, capture_logs=False), Cleanup()),
+                (FinishAttempt(ExecutionStatus.CANCELLED, Reason.CANCELLED, capture_logs=False),),
                 requeue_after=0,
             )
         return Plan((Launch(),), requeue_after=0)
@@ -298,7 +298,6 @@ def _decide_live(
                         started_at=started,
                         message="cancelled while running",
                     ),
-                    Cleanup(),
                 ),
                 requeue_after=0,
             )
@@ -312,7 +311,6 @@ def _decide_live(
                         started_at=started,
                         message=f"ran longer than timeout_seconds={job.timeout_seconds}",
                     ),
-                    Cleanup(),
                 ),
                 requeue_after=0,
             )
@@ -324,7 +322,9 @@ def _decide_live(
 
     # EXITED: classify, read the logs, record, remove.
     finish = _classify_exit(job, observed, started, deadline)
-    return Plan((finish, Cleanup()), requeue_after=0)
+    # The container is removed after the job's outcome is recorded (next round), so the
+    # removal's latency never delays the terminal status.
+    return Plan((finish,), requeue_after=0)
 
 
 def _classify_exit(job: JobView, observed: Observed, started: datetime, deadline: datetime) -> FinishAttempt:

@@ -57,14 +57,9 @@ def mock_executor(mock_host):  # type: ignore[no-untyped-def]
     return mock_host.get_executor()
 
 
-_DB_FIXTURES = {
-    "db",
-    "transactional_db",
-    "django_db_setup",
-    "django_db_blocker",
-    "live_server",
-    "admin_client",
-}
+#: Fixtures that give a test the database. (Not ``django_db_blocker``: pytest-django's autouse
+#: fixtures request it for every test.)
+_DB_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server", "admin_client", "admin_user"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -345,3 +345,45 @@ def test_the_transaction_check_can_fail(host: ExecutorHost) -> None:
     with transaction.atomic():
         spy.inspect("anything")
     assert spy.violations == ["inspect"]
+
+
+def test_a_database_error_in_the_poller_does_not_stop_pickup(host: ExecutorHost, monkeypatch: Any) -> None:
+    from django.db import OperationalError
+
+    from container_manager.querysets import ContainerJobQuerySet
+
+    original = ContainerJobQuerySet.due
+    failures = {"left": 2}
+
+    def flaky_due(self: Any, now: Any = None) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return original(self, now)
+
+    monkeypatch.setattr(ContainerJobQuerySet, "due", flaky_due)
+    daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05, resync_seconds=60))
+    thread = run_in_thread(daemon)
+    try:
+        assert wait_until(lambda: failures["left"] == 0, timeout=5), "the poller keeps polling after errors"
+        time.sleep(0.2)  # the start-up resync has passed: only the poller can pick the next job up
+        j = job("echo after the outage")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
+        assert not daemon.stop_event.is_set()
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+def test_a_crashed_thread_stops_the_daemon_with_a_failure_code(host: ExecutorHost) -> None:
+    daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05, resync_seconds=60))
+
+    def broken_worker() -> None:
+        raise RuntimeError("worker bug")
+
+    daemon._worker_loop = broken_worker  # type: ignore[method-assign]
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run()))
+    thread.start()
+    thread.join(20)
+    assert result == [1]
