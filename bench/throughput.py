@@ -1,0 +1,702 @@
+#!/usr/bin/env python3
+"""Throughput and latency of the reconciler against a plain docker-py loop, side by side.
+
+Why this exists: DESIGN.md section 8 sets the targets as *ratios to the machine's own limit*,
+because a 2-core machine running dockerd is CPU-bound at a few containers per second and an
+absolute number means nothing elsewhere. So one run measures both, at the same concurrency,
+with the same image, command, limits and hardening:
+
+1. the baseline: C threads each doing create / start / wait / logs / remove with docker-py;
+2. the reconciler: a real ``Daemon`` (C workers, the host's ``max_concurrent_jobs`` = C) on a
+   fresh database, N job rows inserted at once; wall time from the first insert to the last
+   job's terminal transition (``JobEvent.at``);
+
+and prints both throughputs and their ratio (``--rounds R`` repeats both phases, alternating
+their order, and reports medians: this machine is shared and noisy), plus
+
+* detection latency: container exit (Docker's ``FinishedAt``, recorded on the attempt) to the
+  job's terminal transition in the database;
+* insert-to-start in the batch (job ``created_at`` to container ``StartedAt``; this includes
+  queueing behind the other N-1 jobs);
+* pickup on an idle daemon: jobs inserted one at a time, insert to container start.
+
+``--profile`` adds where the daemon's time went: per reconcile step, the wall time spent in
+executor calls, in SQL, and the rest (Python); CPU seconds per daemon thread; and the workers'
+cProfile hotspots (the profiler itself slows the daemon: compare ratios without it).
+
+A benchmark is a script, never a timed assertion in a test. Results: BENCHMARKS.md.
+
+Usage: .venv/bin/python bench/throughput.py [--jobs 60] [--concurrency 4] [--rounds 1]
+       [--database-url URL] [--command true] [--pickup 10] [--profile] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MIB = 1024 * 1024
+TERMINAL = ("completed", "failed", "timeout", "cancelled")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Run N short jobs through the reconciler and N containers through a plain "
+        "docker-py loop at the same concurrency; print both throughputs, their ratio and latencies."
+    )
+    parser.add_argument("--jobs", type=int, default=60, help="containers per phase (default 60)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="threads / workers / host slots (default 4)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="an EMPTY database for the reconciler (default: a fresh SQLite file in a temp dir)",
+    )
+    parser.add_argument("--command", default="true", help="what each container runs (default: true)")
+    parser.add_argument("--pickup", type=int, default=10, help="jobs for the idle-pickup phase (default 10)")
+    parser.add_argument(
+        "--order",
+        choices=["raw-first", "reconciler-first"],
+        default="raw-first",
+        help="which phase runs first in the first round (default raw-first)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat both phases, alternating their order (default 1)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="daemon log level; logs go to a file (default INFO)"
+    )
+    parser.add_argument("--profile", action="store_true", help="break down where the daemon spends its time")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (database, daemon log) afterwards"
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1 or args.pickup < 0:
+        parser.error("--jobs, --concurrency and --rounds must be at least 1, --pickup at least 0")
+    return args
+
+
+# Measurements ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of ``values``; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+    }
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _pid_cpu_seconds(pid: int | str, task: str | None = None) -> float:
+    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_named(*names: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                if fh.read().strip() in names:
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """Machine CPU use and the CPU seconds of this process and of dockerd/containerd over a phase."""
+
+    busy: int = 0
+    total: int = 0
+    process: float = 0.0
+    engine: float = 0.0
+    result: dict[str, float] = field(default_factory=dict)
+
+    def _engine(self) -> float:
+        return sum(_pid_cpu_seconds(pid) for pid in _pids_named("dockerd", "containerd"))
+
+    def start(self) -> None:
+        self.busy, self.total = _cpu_jiffies()
+        self.process = time.process_time()
+        self.engine = self._engine()
+
+    def stop(self, jobs: int) -> dict[str, float]:
+        busy, total = _cpu_jiffies()
+        self.result = {
+            "machine_busy_percent": round(100.0 * (busy - self.busy) / max(1, total - self.total), 1),
+            "bench_process_cpu_s_per_job": round((time.process_time() - self.process) / jobs, 4),
+            "dockerd_containerd_cpu_s_per_job": round((self._engine() - self.engine) / jobs, 4),
+        }
+        return self.result
+
+
+# The baseline ---------------------------------------------------------------------------------
+
+
+def run_raw(image: str, command: list[str], jobs: int, concurrency: int, instance: str) -> dict[str, Any]:
+    """C threads doing create/start/wait/logs/remove with docker-py, with the reconciler's limits."""
+    import docker
+    from docker.utils import kwargs_from_env
+
+    from executors.types import LABEL_INSTANCE
+
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(jobs):
+        todo.put(index)
+    exit_codes: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        api = docker.APIClient(**kwargs_from_env())
+        try:
+            while True:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                name = f"bench-raw-{instance}-{index}"
+                try:
+                    host_config = api.create_host_config(
+                        mem_limit=64 * MIB,
+                        memswap_limit=64 * MIB,
+                        nano_cpus=500_000_000,
+                        pids_limit=256,
+                        security_opt=["no-new-privileges"],
+                        cap_drop=["ALL"],
+                        network_mode="bridge",
+                    )
+                    api.create_container(
+                        image=image,
+                        command=command,
+                        name=name,
+                        labels={LABEL_INSTANCE: instance},
+                        user="65534:65534",
+                        host_config=host_config,
+                        detach=True,
+                    )
+                    api.start(name)
+                    code = api.wait(name)["StatusCode"]
+                    api.logs(name, stdout=True, stderr=True)
+                    api.remove_container(name, force=True)
+                    with lock:
+                        exit_codes.append(code)
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{name}: {exc}")
+        finally:
+            api.close()
+
+    meter = CpuMeter()
+    meter.start()
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, name=f"raw-{i}") for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    return {
+        "wall_s": round(wall, 3),
+        "jobs_per_s": round(jobs / wall, 3),
+        "succeeded": sum(1 for c in exit_codes if c == 0),
+        "errors": errors[:5],
+        "cpu": meter.stop(jobs),
+    }
+
+
+# The reconciler -------------------------------------------------------------------------------
+
+
+class Instrument:
+    """Wall time per reconcile step split into executor calls, SQL, and the rest (``--profile``)."""
+
+    VERBS = ("launch", "inspect", "logs", "remove", "stop")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.totals: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.profilers: list[cProfile.Profile] = []
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.totals[key] += seconds
+            self.counts[key] += 1
+
+    def wrap_executor(self, executor: Any) -> None:
+        """Time each verb; a verb called by another (``launch`` inspects) counts only in the outer one."""
+        for verb in self.VERBS:
+            original = getattr(executor, verb)
+
+            def timed(*args: Any, __original: Callable[..., Any] = original, __verb: str = verb) -> Any:
+                if getattr(self.local, "inside", False):
+                    return __original(*args)
+                self.local.inside = True
+                started = time.perf_counter()
+                try:
+                    return __original(*args)
+                finally:
+                    self.local.inside = False
+                    self.add(f"executor.{__verb}", time.perf_counter() - started)
+
+            setattr(executor, verb, timed)
+
+    def wrap_reconciler(self, reconciler: Any) -> None:
+        from django.db import connection
+
+        original = reconciler.reconcile
+
+        def sql(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                self.add("sql", time.perf_counter() - started)
+
+        def reconcile(job_id: int) -> Any:
+            profiler = getattr(self.local, "profiler", None)
+            if profiler is None:
+                profiler = self.local.profiler = cProfile.Profile()
+                with self.lock:
+                    self.profilers.append(profiler)
+            started = time.perf_counter()
+            with connection.execute_wrapper(sql):
+                profiler.enable()
+                try:
+                    return original(job_id)
+                finally:
+                    profiler.disable()
+                    self.add("reconcile", time.perf_counter() - started)
+
+        reconciler.reconcile = reconcile
+
+    def hotspots(self, limit: int = 25) -> str:
+        """The functions the workers spent most CPU in (cProfile, own time), as pstats prints them."""
+        if not self.profilers:
+            return ""
+        out = io.StringIO()
+        stats = pstats.Stats(self.profilers[0], stream=out)
+        for profiler in self.profilers[1:]:
+            stats.add(profiler)
+        stats.strip_dirs().sort_stats("tottime").print_stats(limit)
+        return out.getvalue()
+
+    def report(self, jobs: int) -> dict[str, Any]:
+        total = self.totals.get("reconcile", 0.0)
+        executor = sum(v for k, v in self.totals.items() if k.startswith("executor."))
+        rows = {
+            key: {
+                "calls": self.counts[key],
+                "total_s": round(value, 3),
+                "ms_per_job": round(1000 * value / jobs, 2),
+            }
+            for key, value in sorted(self.totals.items())
+        }
+        rows["python_and_locks (reconcile - executor - sql)"] = {
+            "calls": self.counts.get("reconcile", 0),
+            "total_s": round(total - executor - self.totals.get("sql", 0.0), 3),
+            "ms_per_job": round(1000 * (total - executor - self.totals.get("sql", 0.0)) / jobs, 2),
+        }
+        return rows
+
+
+def thread_cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each live thread of this process, by native id."""
+    return {
+        t.native_id: (t.name, _pid_cpu_seconds("self", str(t.native_id)))
+        for t in threading.enumerate()
+        if t.native_id is not None
+    }
+
+
+def thread_cpu(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used since ``before`` by this process's threads, grouped by name less its index."""
+    grouped: dict[str, float] = defaultdict(float)
+    for native_id, (name, seconds) in thread_cpu_snapshot().items():
+        group = name.rstrip("0123456789").rstrip("-") or name
+        grouped[group] += seconds - before.get(native_id, (name, 0.0))[1]
+    return {k: round(v, 3) for k, v in sorted(grouped.items(), key=lambda kv: -kv[1])}
+
+
+@contextmanager
+def daemon_running(concurrency: int, instrument: Instrument | None) -> Iterator[Any]:
+    from django.db import connections
+
+    from reconciler.daemon import Daemon, DaemonOptions
+
+    daemon = Daemon(DaemonOptions(workers=concurrency, actor="bench"))
+    if instrument is not None:
+        instrument.wrap_reconciler(daemon.reconciler)
+    thread = threading.Thread(target=lambda: (daemon.run(), connections.close_all()), name="cm-daemon")
+    thread.start()
+    if not daemon.ready.wait(60):
+        raise SystemExit("the daemon did not start within 60 s")
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(120)
+
+
+def wait_finished(job_ids: list[int], timeout: float) -> None:
+    from container_manager.models import ContainerJob
+
+    deadline = time.monotonic() + timeout
+    while ContainerJob.objects.filter(pk__in=job_ids).unfinished().exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"jobs still unfinished after {timeout:.0f}s: is the daemon stuck?")
+        time.sleep(0.05)
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    return None if a is None or b is None else (b - a).total_seconds()
+
+
+def job_latencies(job_ids: list[int], slots: int | None = None) -> dict[str, Any]:
+    """From the rows: first insert, last terminal transition, and raw latency samples (ms).
+
+    With ``slots`` (the host's capacity) also the slot refill delay: the k-th claim (k > slots)
+    had to wait for the (k - slots)-th job to finish; how long after that did it come?
+    """
+    from container_manager.models import ContainerExecution, ContainerJob, JobEvent
+
+    created = dict(ContainerJob.objects.filter(pk__in=job_ids).values_list("id", "created_at"))
+    statuses = list(ContainerJob.objects.filter(pk__in=job_ids).values_list("status", flat=True))
+    events = JobEvent.objects.filter(job_id__in=job_ids)
+    terminal_at = dict(events.filter(to_status__in=TERMINAL).values_list("job_id", "at"))
+    claimed_at = dict(events.filter(to_status="launching", attempt=1).values_list("job_id", "at"))
+    detection, start = [], []
+    for job_id, started_at, finished_at in ContainerExecution.objects.filter(job_id__in=job_ids).values_list(
+        "job_id", "started_at", "finished_at"
+    ):
+        seconds = _seconds(finished_at, terminal_at.get(job_id))
+        if seconds is not None:
+            detection.append(1000 * seconds)
+        seconds = _seconds(created.get(job_id), started_at)
+        if seconds is not None:
+            start.append(1000 * seconds)
+    result: dict[str, Any] = {
+        "first_insert": min(created.values()),
+        "last_terminal": max(terminal_at.values()),
+        "completed": statuses.count("completed"),
+        "detection": detection,
+        "insert_to_start": start,
+    }
+    if slots:
+        claims, ends = sorted(claimed_at.values()), sorted(terminal_at.values())
+        result["refill"] = [
+            1000 * (claims[k] - ends[k - slots]).total_seconds() for k in range(slots, len(claims))
+        ]
+        busy = sum((terminal_at[j] - claimed_at[j]).total_seconds() for j in claimed_at if j in terminal_at)
+        wall = (result["last_terminal"] - result["first_insert"]).total_seconds()
+        result["occupancy_percent"] = round(100 * busy / (wall * slots), 1) if wall else None
+    return result
+
+
+def run_reconciler(
+    image: str, command: str, jobs: int, concurrency: int, pickup: int, profile: bool, round_number: int
+) -> dict[str, Any]:
+    """One reconciler phase on a new host row; ``samples`` holds raw latencies for pooling."""
+    from container_manager.models import ContainerJob, ExecutorHost
+
+    host = ExecutorHost.objects.create(
+        name=f"bench-docker-{round_number}",
+        executor_type="docker",
+        connection_string="",
+        max_concurrent_jobs=concurrency,
+    )
+    executor = host.get_executor()
+    instrument = Instrument() if profile else None
+    if instrument is not None:
+        instrument.wrap_executor(executor)
+
+    def new_job() -> ContainerJob:
+        job = ContainerJob(
+            image=image,
+            command=command,
+            docker_host=host,
+            memory_limit=64,
+            cpu_limit=0.5,
+            timeout_seconds=120,
+        )
+        job.prepare_for_insert()
+        return job
+
+    meter = CpuMeter()
+    with daemon_running(concurrency, instrument):
+        # The batch: N rows inserted at once into a running, idle daemon.
+        batch = [new_job() for _ in range(jobs)]
+        threads_before = thread_cpu_snapshot()
+        meter.start()
+        ContainerJob.objects.bulk_create(batch)
+        ids = [job.pk for job in batch]
+        wait_finished(ids, timeout=60 + 10 * jobs)
+        cpu = meter.stop(jobs)
+        threads = thread_cpu(threads_before) if profile else {}
+        measured = job_latencies(ids, slots=concurrency)
+        wall = (measured["last_terminal"] - measured["first_insert"]).total_seconds()
+        result: dict[str, Any] = {
+            "wall_s": round(wall, 3),
+            "jobs_per_s": round(jobs / wall, 3),
+            "succeeded": measured["completed"],
+            "slot_occupancy_percent": measured["occupancy_percent"],
+            "cpu": cpu,
+            "samples": {
+                "detection": measured["detection"],
+                "insert_to_start": measured["insert_to_start"],
+                "refill": measured["refill"],
+                "pickup": [],
+            },
+        }
+        if instrument is not None:
+            result["profile"] = {
+                "per_step": instrument.report(jobs),
+                "thread_cpu_s": threads,
+                "hotspots": instrument.hotspots(),
+            }
+        # Pickup: one job at a time into the idle daemon, at varying phases of its poll cycle.
+        pickup_ids = []
+        for index in range(pickup):
+            job = new_job()
+            job.save()
+            pickup_ids.append(job.pk)
+            wait_finished([job.pk], timeout=60)
+            time.sleep(0.137 * (index % 4))
+        if pickup_ids:
+            result["samples"]["pickup"] = job_latencies(pickup_ids)["insert_to_start"]
+    return result
+
+
+# Driver ---------------------------------------------------------------------------------------
+
+
+def setup(database_url: str | None, instance: str, log_level: str) -> tuple[str, Path]:
+    home = Path(tempfile.mkdtemp(prefix="cm-bench-"))
+    os.environ["CONTAINER_MANAGER_HOME"] = str(home)
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{home / 'bench.sqlite3'}"
+    os.environ["CONTAINER_MANAGER_INSTANCE"] = instance
+    os.environ["DJANGO_SETTINGS_MODULE"] = "container_manager.settings"
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    from container_manager.logconfig import configure
+
+    configure("json", log_level)
+    log_file = (home / "daemon.log").open("a")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(log_file)
+    call_command("migrate", verbosity=0)
+    from container_manager.models import ContainerJob, ExecutorHost
+
+    if ContainerJob.objects.exists() or ExecutorHost.objects.exists():
+        raise SystemExit("bench: the database is not empty; give --database-url of an empty database")
+    from django.db import connection
+
+    return connection.vendor, home
+
+
+def remove_leftovers(instance: str) -> int:
+    import docker
+    from docker.utils import kwargs_from_env
+
+    from executors.types import LABEL_INSTANCE
+
+    api = docker.APIClient(**kwargs_from_env())
+    try:
+        items = api.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+        for item in items:
+            api.remove_container(item["Id"], force=True)
+        return len(items)
+    finally:
+        api.close()
+
+
+def fmt(value: float | int | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(
+        f"container-manager throughput: {r['jobs']} jobs, concurrency {r['concurrency']}, "
+        f"database {r['database']}, command {r['command']!r}, {len(r['rounds'])} round(s)"
+    )
+    print()
+    print(
+        f"{'round':<7}{'phase':<22}{'wall s':>8}{'jobs/s':>8}{'ok':>5}{'CPU busy':>10}"
+        f"{'own CPU/job':>13}{'engine CPU/job':>16}{'ratio':>7}"
+    )
+    for number, rnd in enumerate(r["rounds"], start=1):
+        for label, key in (("raw docker-py loop", "raw"), ("reconciler (daemon)", "reconciler")):
+            phase, cpu = rnd[key], rnd[key]["cpu"]
+            ratio = f"{rnd['ratio']:>7.2f}" if key == "reconciler" else ""
+            print(
+                f"{number:<7}{label:<22}{phase['wall_s']:>8.2f}{phase['jobs_per_s']:>8.2f}{phase['succeeded']:>5}"
+                f"{cpu['machine_busy_percent']:>9.0f}%{cpu['bench_process_cpu_s_per_job']:>12.3f}s"
+                f"{cpu['dockerd_containerd_cpu_s_per_job']:>15.3f}s{ratio}"
+            )
+    print()
+    print(
+        f"throughput: raw {r['raw_jobs_per_s']:.2f} jobs/s, reconciler {r['reconciler_jobs_per_s']:.2f} jobs/s "
+        f"(medians); ratio reconciler/raw {r['ratio']:.2f} (median of rounds; DESIGN.md target >= 0.90)"
+    )
+    print()
+    print(f"{'latency (ms), all rounds':42}{'n':>5}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    rows = [
+        ("detection: container exit -> DB terminal", r["latency_ms"]["detection"]),
+        ("insert -> start, batch (with queueing)", r["latency_ms"]["insert_to_start"]),
+        ("pickup: insert -> start, idle daemon", r["latency_ms"]["pickup"]),
+        ("slot refill: job end -> next claim", r["latency_ms"]["refill"]),
+    ]
+    for label, s in rows:
+        print(
+            f"{label:42}{s['n']:>5}{fmt(s['p50']):>8}{fmt(s['p90']):>8}{fmt(s['p99']):>8}{fmt(s['max']):>8}"
+        )
+    print("targets: detection p50 < 50, p99 < 250; pickup p50 < 300 (PostgreSQL), < 1500 (SQLite)")
+    print(f"slot occupancy (sum of claim -> terminal / wall x slots): {fmt(r['slot_occupancy_percent'], 1)}%")
+    profile = r["rounds"][-1]["reconciler"].get("profile")
+    if profile:
+        print()
+        print(
+            f"{'daemon time per job, last round (wall, all workers)':52}{'calls':>7}{'total s':>9}{'ms/job':>9}"
+        )
+        for key, row in profile["per_step"].items():
+            print(f"{key:52}{row['calls']:>7}{row['total_s']:>9.3f}{row['ms_per_job']:>9.2f}")
+        print(
+            "CPU seconds by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in profile["thread_cpu_s"].items())
+        )
+        print()
+        print("worker hotspots (cProfile inside reconcile steps, by own time):")
+        print(profile["hotspots"])
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    instance = f"bench{uuid4().hex[:8]}"
+    vendor, home = setup(args.database_url, instance, args.log_level)
+    from container_manager.validation import split_command
+    from executors.testimages import ensure_busybox_image
+
+    image = ensure_busybox_image()
+    argv_command = list(split_command(args.command))
+    rounds: list[dict[str, Any]] = []
+    try:
+        for number in range(args.rounds):
+            # Alternate the order round by round, so neither phase always runs on a warmer daemon.
+            raw_first = (args.order == "raw-first") == (number % 2 == 0)
+            phases: dict[str, Any] = {}
+            for phase in ("raw", "reconciler") if raw_first else ("reconciler", "raw"):
+                if phase == "raw":
+                    phases["raw"] = run_raw(image, argv_command, args.jobs, args.concurrency, instance)
+                else:
+                    last = number == args.rounds - 1
+                    phases["reconciler"] = run_reconciler(
+                        image,
+                        args.command,
+                        args.jobs,
+                        args.concurrency,
+                        args.pickup if last else 0,
+                        args.profile and last,
+                        number,
+                    )
+            phases["ratio"] = round(phases["reconciler"]["jobs_per_s"] / phases["raw"]["jobs_per_s"], 3)
+            rounds.append(phases)
+    finally:
+        left = remove_leftovers(instance)
+    pooled: dict[str, list[float]] = {"detection": [], "insert_to_start": [], "pickup": [], "refill": []}
+    for rnd in rounds:
+        for key, values in rnd["reconciler"].pop("samples").items():
+            pooled[key].extend(values)
+    result = {
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "database": vendor,
+        "command": args.command,
+        "rounds": rounds,
+        "raw_jobs_per_s": median([r["raw"]["jobs_per_s"] for r in rounds]),
+        "reconciler_jobs_per_s": median([r["reconciler"]["jobs_per_s"] for r in rounds]),
+        "ratio": median([r["ratio"] for r in rounds]),
+        "latency_ms": {key: summary(values) for key, values in pooled.items()},
+        "slot_occupancy_percent": median([r["reconciler"]["slot_occupancy_percent"] or 0 for r in rounds]),
+        "leftover_containers": left,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_table(result)
+    failed = any(
+        rnd["raw"]["succeeded"] != args.jobs or rnd["reconciler"]["succeeded"] != args.jobs for rnd in rounds
+    )
+    if failed or left or args.keep:
+        print(f"bench: database and daemon log kept in {home}", file=sys.stderr)
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+    if failed:
+        print("bench: some containers or jobs did not succeed (see the daemon log)", file=sys.stderr)
+    return 1 if failed or left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
