@@ -211,8 +211,23 @@ class Reconciler:
             if outcome is not None:
                 return outcome
             if plan.requeue_after != 0:
-                return plan.requeue_after
+                return self._polling_cap(execution, observed, plan.requeue_after)
         return 0.5
+
+    def _polling_cap(
+        self, execution: ContainerExecution | None, observed: Observed | None, delay: float | None
+    ) -> float | None:
+        """A live container on a backend without events is looked at every poll interval."""
+        if observed is None or execution is None or not observed.exists:
+            return delay
+        try:
+            executor = self._executor(execution)
+        except ExecutorError:
+            return delay
+        if executor.supports_events:
+            return delay
+        interval = float(getattr(executor, "poll_interval", self.policy.resync_seconds))
+        return interval if delay is None else min(delay, interval)
 
     def _mine(self, job: ContainerJob, execution: ContainerExecution | None) -> bool:
         """With a host filter, only jobs pinned to, or running on, our hosts are ours."""

@@ -437,3 +437,20 @@ def test_query_count_of_a_step_does_not_grow_with_history(
         run_one()
     assert run_one() == before
     assert before[1] == 2, "observing a running job reads the job row and its attempt, nothing else"
+
+
+class PolledMock(MockExecutor):
+    """A backend without events (like Cloud Run): the reconciler must poll it."""
+
+    supports_events = False
+    poll_interval = 2.0
+
+
+def test_backends_without_events_are_polled(host: ExecutorHost, clock: Any) -> None:
+    polled = PolledMock("polled", clock=clock)
+    r = Reconciler(actor="test", executor_for=lambda h: polled, clock=clock)
+    job = make_job(host, "sleep 100", timeout_seconds=3600)
+    assert r.reconcile(job.pk) == 2.0
+    pushing = World(clock)
+    job2 = make_job(host, "sleep 100", timeout_seconds=3600)
+    assert pushing.reconciler().reconcile(job2.pk) == 30.0, "with events, the resync interval is enough"
