@@ -115,6 +115,9 @@ class Daemon:
         self.resync_now = threading.Event()
         #: a source or worker thread died: the daemon stops and exits non-zero.
         self.crashed = False
+        #: set when an attempt ends: the poller runs at once to fill the freed slot.
+        self.poll_now = threading.Event()
+        self.reconciler.on_slot_freed = self.poll_now.set
         self._threads: list[threading.Thread] = []
         self._watchers: dict[int, threading.Thread] = {}
         self._orphans_seen: dict[tuple[int, str], float] = {}
@@ -179,6 +182,7 @@ class Daemon:
         self.reconciler.draining = True
         self.stop_event.set()
         self.resync_now.set()  # wakes the resync loop so it sees the stop at once
+        self.poll_now.set()
         if not self._stopping_sent:
             self._stopping_sent = True
             self.notifier.stopping("stopping: finishing in-flight steps; containers keep running")
@@ -437,12 +441,28 @@ class Daemon:
                     # A passing database error must not stop pickup; the next poll retries.
                     m.RECONCILE_ERRORS.labels("database").inc()
                     log.exception("poll failed")
-            self.stop_event.wait(self.poll_seconds)
+            self.poll_now.wait(self.poll_seconds)
+            self.poll_now.clear()
 
     def poll(self) -> None:
-        """Enqueue due pending/retrying jobs (in claim order) and live jobs with a cancel request."""
-        now = timezone.now()
-        for job_id in ContainerJob.objects.due(now).values_list("id", flat=True)[: self.options.poll_batch]:
+        """Enqueue as many due jobs as there are free slots (in claim order), and cancel requests.
+
+        Jobs beyond the free capacity are not enqueued: each would only cost a step that finds
+        no slot. A pinned job counts against its own host, so a full host never holds back
+        jobs that could run elsewhere. When an attempt ends, the poller runs at once.
+        """
+        due = ContainerJob.objects.due(timezone.now())
+        hosts = list(self._hosts().with_running_count())
+        free = {h.pk: max(0, h.max_concurrent_jobs - h.running_jobs) for h in hosts}
+        unpinned = sum(free[h.pk] for h in hosts if h.health_status != HealthStatus.UNHEALTHY)
+        batch = self.options.poll_batch
+        ids: list[int] = []
+        if unpinned:
+            ids += due.filter(docker_host__isnull=True).values_list("id", flat=True)[: min(unpinned, batch)]
+        for host_pk, slots in free.items():
+            if slots:
+                ids += due.filter(docker_host_id=host_pk).values_list("id", flat=True)[: min(slots, batch)]
+        for job_id in ids:
             self.queue.add(job_id)
         cancels = ContainerJob.objects.filter(
             status__in=[s.value for s in LIVE], cancel_requested_at__isnull=False
@@ -498,8 +518,10 @@ class Daemon:
                         if event.kind is EventKind.RESYNC:
                             m.EVENT_STREAM_RECONNECTS.labels(name).inc()
                             self.resync_now.set()
-                        elif event.job_id is not None:
-                            self.queue.add(event.job_id)
+                        elif event.job_id is not None and event.kind in (EventKind.DIED, EventKind.OOM):
+                            # Only exits need a look (starts and removals are our own doing), and
+                            # an exit is recorded before any launch waiting in the queue.
+                            self.queue.add(event.job_id, urgent=True)
                 except Exception as exc:
                     log.warning("event stream failed; reconnecting", host=name, error=str(exc))
                     m.EVENT_STREAM_RECONNECTS.labels(name).inc()

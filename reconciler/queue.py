@@ -30,16 +30,25 @@ class WorkQueue:
         self._seq = 0
         self._shutdown = False
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, *, urgent: bool = False) -> None:
+        """Queue ``key``; ``urgent`` puts it at the front (a container just exited: record it first)."""
         with self._cond:
-            self._add_locked(key)
+            self._add_locked(key, urgent=urgent)
 
-    def _add_locked(self, key: Hashable) -> None:
-        if self._shutdown or key in self._dirty:
+    def _add_locked(self, key: Hashable, *, urgent: bool = False) -> None:
+        if self._shutdown:
+            return
+        if key in self._dirty:
+            if urgent and key not in self._processing and self._queue and self._queue[0] != key:
+                self._queue.remove(key)
+                self._queue.appendleft(key)
             return
         self._dirty.add(key)
         if key not in self._processing:
-            self._queue.append(key)
+            if urgent:
+                self._queue.appendleft(key)
+            else:
+                self._queue.append(key)
             self._cond.notify()
 
     def add_after(self, key: Hashable, delay: float) -> None:

@@ -46,8 +46,9 @@ log = structlog.get_logger("reconciler")
 
 #: decide/act rounds in one step before handing the job back to the queue.
 MAX_ROUNDS = 12
-#: wait before looking again at a job that found no host with capacity.
-NO_CAPACITY_RETRY = 1.0
+#: wait before looking again at a job that found no host with capacity (the daemon's poller
+#: also wakes waiting jobs as soon as an attempt ends and frees a slot).
+NO_CAPACITY_RETRY = 5.0
 #: wait after a transient executor error.
 TRANSIENT_RETRY = 2.0
 _LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
@@ -163,6 +164,8 @@ class Reconciler:
         #: when set, no new attempt is started (graceful shutdown).
         self.draining = False
         self.breaker = HostBreaker()
+        #: called whenever an attempt ends, i.e. a host slot frees up (the daemon wakes its poller).
+        self.on_slot_freed: Callable[[], None] | None = None
 
     # The step -----------------------------------------------------------------------
 
@@ -544,6 +547,8 @@ class Reconciler:
         updated = ContainerExecution.objects.filter(pk=execution.pk, status__in=_LIVE_EXEC).update(**values)
         if not updated:
             raise LostRace()
+        if self.on_slot_freed is not None:
+            self.on_slot_freed()
         kind = execution.executor_type or "unknown"
         m.ATTEMPTS_FINISHED.labels(kind, action.status.value, action.reason.value).inc()
         if action.finished_at is not None and action.status in (

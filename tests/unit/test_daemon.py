@@ -387,3 +387,20 @@ def test_a_crashed_thread_stops_the_daemon_with_a_failure_code(host: ExecutorHos
     thread.start()
     thread.join(20)
     assert result == [1]
+
+
+def test_poll_enqueues_only_what_free_slots_can_take(host: ExecutorHost) -> None:
+    ExecutorHost.objects.filter(pk=host.pk).update(max_concurrent_jobs=2)
+    full = ExecutorHost.objects.create(name="full", executor_type="mock", max_concurrent_jobs=1)
+    busy = job("hang", docker_host=full)
+    Daemon(DaemonOptions(once=True)).run()
+    assert ContainerJob.objects.get(pk=busy.pk).status == "running"
+    pinned_to_full = [job("echo p", docker_host=full, priority=10) for _ in range(3)]
+    unpinned = [job("echo u") for _ in range(5)]
+    daemon = Daemon(DaemonOptions(workers=1))
+    daemon.poll()
+    queued = []
+    while (key := daemon.queue.get(timeout=0)) is not None:
+        queued.append(key)
+    assert not set(queued) & {j.pk for j in pinned_to_full}, "a full host's jobs wait without costing steps"
+    assert queued == [j.pk for j in unpinned[:2]], "as many as the free slots, oldest first"

@@ -106,3 +106,12 @@ def test_many_workers_never_share_a_key() -> None:
     assert clashes == []
     assert set(processed) == set(range(10))
     assert q.idle()
+
+
+def test_urgent_keys_jump_the_queue() -> None:
+    q = WorkQueue()
+    for key in (1, 2, 3):
+        q.add(key)
+    q.add(3, urgent=True)
+    q.add(9, urgent=True)
+    assert [q.get(timeout=0) for _ in range(4)] == [9, 3, 1, 2]

@@ -275,7 +275,7 @@ def test_pinned_job_waits_for_its_inactive_host(world: World, host: ExecutorHost
     job = make_job(host)
     ExecutorHost.objects.filter(pk=host.pk).update(is_active=False)
     ExecutorHost.objects.create(name="other", executor_type="mock")
-    assert world.reconciler().reconcile(job.pk) == 1.0
+    assert world.reconciler().reconcile(job.pk) == 5.0
     assert reload(job).status == JobStatus.PENDING
 
 
