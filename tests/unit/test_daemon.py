@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,11 @@ from container_manager.states import JobStatus
 from executors.mock import MockExecutor
 from executors.types import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, LABEL_MANAGED, ContainerSpec
 from reconciler.daemon import Daemon, DaemonOptions
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TERMINAL = ["completed", "failed", "timeout", "cancelled"]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def job(command: str, **kw: Any) -> ContainerJob:

@@ -18,6 +18,7 @@ from container_manager.models import ContainerExecution, ContainerJob, ExecutorH
 from executors.mock import MockExecutor
 from reconciler import notify
 from reconciler.daemon import Daemon, DaemonOptions
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _postgres_only() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL only: scripts/test runs this in its PostgreSQL pass")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def daemon_options(**kw: Any) -> DaemonOptions:
