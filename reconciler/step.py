@@ -176,6 +176,8 @@ class Reconciler:
         try:
             return self._reconcile(job_id)
         finally:
+            # The attempt and host bound for this step's log lines (library ones too) end with it.
+            structlog.contextvars.unbind_contextvars("attempt", "host")
             m.RECONCILE_DURATION.observe(time.perf_counter() - started)
 
     def _reconcile(self, job_id: int) -> float | None:
@@ -187,6 +189,8 @@ class Reconciler:
             job, execution = snap.job, snap.execution
             if not self._mine(job, execution):
                 return None
+            if execution is not None:
+                structlog.contextvars.bind_contextvars(attempt=execution.attempt, host=execution.host_name)
             jv, av = job_view(job, self.policy), attempt_view(execution)
             observed = None
             if d.needs_observation(jv, av):

@@ -454,3 +454,22 @@ def test_backends_without_events_are_polled(host: ExecutorHost, clock: Any) -> N
     pushing = World(clock)
     job2 = make_job(host, "sleep 100", timeout_seconds=3600)
     assert pushing.reconciler().reconcile(job2.pk) == 30.0, "with events, the resync interval is enough"
+
+
+def test_log_context_carries_attempt_and_host_during_the_step_only(host: ExecutorHost, clock: Any) -> None:
+    import structlog
+
+    seen: list[dict[str, Any]] = []
+
+    class ContextSpy(MockExecutor):
+        def inspect(self, name: str) -> Any:
+            seen.append(dict(structlog.contextvars.get_contextvars()))
+            return super().inspect(name)
+
+    spy = ContextSpy("spy", clock=clock)
+    r = Reconciler(actor="test", executor_for=lambda h: spy, clock=clock)
+    job = make_job(host, "sleep 10")
+    r.reconcile(job.pk)
+    r.reconcile(job.pk)
+    assert seen and seen[-1]["attempt"] == 1 and seen[-1]["host"] == "mock-a"
+    assert "attempt" not in structlog.contextvars.get_contextvars()

@@ -154,6 +154,9 @@ class Command(BaseCommand):
         hosts.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from container_manager.logconfig import configure
+
+        configure("auto", "WARNING")  # library warnings go to stderr like the daemon's; output stays clean
         action = options["action"]
         handler = getattr(self, f"do_{action}")
         try:
