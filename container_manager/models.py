@@ -28,7 +28,7 @@ from container_manager.querysets import (
     ContainerJobQuerySet,
     ExecutorHostQuerySet,
 )
-from container_manager.states import TERMINAL, ExecutionStatus, JobStatus, Reason
+from container_manager.states import LIVE_EXECUTION_VALUES, TERMINAL, ExecutionStatus, JobStatus, Reason
 from container_manager.validation import (
     join_command,
     parse_retry_on,
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from executors.types import HealthReport
 
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
-_LIVE_EXECUTION_VALUES = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
 
 
 class ExecutorType(models.TextChoices):
@@ -73,7 +72,7 @@ def _protect_live_jobs(collector: Any, field: Any, sub_objs: Any, using: str) ->
         row
         for row in rows
         if (
-            row.status in _LIVE_EXECUTION_VALUES
+            row.status in LIVE_EXECUTION_VALUES
             if isinstance(row, ContainerExecution)
             else not row.is_terminal_status
         )
@@ -162,7 +161,7 @@ class ExecutorHost(models.Model):
 
     def get_capacity(self) -> dict[str, int]:
         """Concurrency limit, live attempts, and free slots on this host."""
-        running = self.executions.filter(status__in=_LIVE_EXECUTION_VALUES).count()
+        running = self.executions.filter(status__in=LIVE_EXECUTION_VALUES).count()
         return {
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "running": running,
@@ -622,7 +621,7 @@ class ContainerExecution(models.Model):
 
     @property
     def is_live(self) -> bool:
-        return self.status in _LIVE_EXECUTION_VALUES
+        return self.status in LIVE_EXECUTION_VALUES
 
     @property
     def duration(self) -> timedelta | None:

@@ -9,7 +9,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from container_manager.states import ACTIVE, LIVE, TERMINAL, ExecutionStatus, JobStatus
+from container_manager.states import ACTIVE, LIVE, LIVE_EXECUTION_VALUES, TERMINAL, JobStatus
 
 if TYPE_CHECKING:
     from container_manager.models import ContainerJob, ExecutorHost
@@ -25,8 +25,9 @@ class ExecutorHostQuerySet(models.QuerySet["ExecutorHost"]):
 
     def with_running_count(self) -> ExecutorHostQuerySet:
         """Annotate ``running_jobs``: live attempts on each host, in the same query."""
-        live = [s.value for s in (ExecutionStatus.LAUNCHING, ExecutionStatus.RUNNING)]
-        return self.annotate(running_jobs=models.Count("executions", filter=Q(executions__status__in=live)))
+        return self.annotate(
+            running_jobs=models.Count("executions", filter=Q(executions__status__in=LIVE_EXECUTION_VALUES))
+        )
 
 
 class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
@@ -106,7 +107,7 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
 
 class ContainerExecutionQuerySet(models.QuerySet[Any]):
     def live(self) -> ContainerExecutionQuerySet:
-        return self.filter(status__in=[ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value])
+        return self.filter(status__in=LIVE_EXECUTION_VALUES)
 
     def finished(self) -> ContainerExecutionQuerySet:
-        return self.exclude(status__in=[ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value])
+        return self.exclude(status__in=LIVE_EXECUTION_VALUES)

@@ -70,6 +70,9 @@ class Reason(enum.StrEnum):
     NO_HOST = "no_host"
 
 
+#: Execution statuses in which the attempt's container may exist (as plain values, for queries).
+LIVE_EXECUTION_VALUES: tuple[str, ...] = (ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value)
+
 TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED}
 )

@@ -94,13 +94,6 @@ class Executor(abc.ABC):
         """Release connections. The executor must not be used afterwards."""
 
 
-def tail_bytes(data: bytes, max_bytes: int) -> tuple[str, bool]:
-    """Decode the last ``max_bytes`` of ``data``; True when something was cut."""
-    if len(data) <= max_bytes:
-        return data.decode("utf-8", errors="replace"), False
-    return data[-max_bytes:].decode("utf-8", errors="replace"), True
-
-
 class BoundedTail:
     """Keep only the last ``max_bytes`` of a byte stream, in constant memory."""
 

@@ -26,7 +26,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from container_manager.states import ExecutionStatus, JobStatus
+from container_manager.states import LIVE_EXECUTION_VALUES, JobStatus
 
 log = structlog.get_logger("metrics.collector")
 
@@ -38,7 +38,6 @@ COLLECTOR_UP = "container_manager_jobs_collector_up"
 COLLECTOR_DURATION = "container_manager_jobs_collector_duration_seconds"
 
 _WAITING = (JobStatus.PENDING.value, JobStatus.RETRYING.value)
-_LIVE_EXEC = (ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value)
 
 
 def _families() -> dict[str, GaugeMetricFamily]:
@@ -110,7 +109,7 @@ def _host_rows(host_names: Iterable[str] | None) -> list[tuple[str, int, int]]:
 
     live = (
         _model("ContainerExecution")
-        .objects.filter(_in_constants("status", _LIVE_EXEC), executor_host=OuterRef("pk"))
+        .objects.filter(_in_constants("status", LIVE_EXECUTION_VALUES), executor_host=OuterRef("pk"))
         .order_by()
         .values("executor_host")
         .annotate(n=Count("pk"))

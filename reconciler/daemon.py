@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
-from container_manager.states import LIVE, ExecutionStatus
+from container_manager.states import LIVE, LIVE_EXECUTION_VALUES
 from container_manager.transitions import Fenced, set_fence
 from executors.base import Executor
 from executors.exceptions import ExecutorError
@@ -47,7 +47,6 @@ from reconciler.step import Reconciler
 
 log = structlog.get_logger("reconciler.daemon")
 
-_LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
 #: exit status after losing leadership (EX_TEMPFAIL): the supervisor restarts us as a standby.
 LEADERSHIP_LOST_EXIT = 75
 #: the watchdog is pinged only while the last loop pass is younger than this many resyncs.
@@ -428,7 +427,7 @@ class Daemon:
         unfinished = list(
             ContainerJob.objects.unfinished().order_by("-priority", "created_at").values_list("id", flat=True)
         )
-        dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=_LIVE_EXEC)
+        dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=LIVE_EXECUTION_VALUES)
         return unfinished + list(dirty.values_list("job_id", flat=True).distinct())
 
     def _poll_loop(self) -> None:

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 
 from container_manager.conf import get_policy
 from container_manager.models import ContainerExecution, ExecutorHost
-from container_manager.states import ExecutionStatus
+from container_manager.states import LIVE_EXECUTION_VALUES
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
-
-_LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ def census(executor: Executor, instance: str) -> Census:
         row = rows.get(container.name)
         if row is None or row["cleaned_up"]:
             orphans.append(container.name)
-        elif row["status"] not in _LIVE_EXEC:
+        elif row["status"] not in LIVE_EXECUTION_VALUES:
             jobs.append(row["job_id"])
     return Census(tuple(orphans), tuple(jobs))
 

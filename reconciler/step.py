@@ -18,13 +18,13 @@ from typing import Any
 import structlog
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
 from container_manager.signals import job_launched, job_retry_scheduled
-from container_manager.states import ExecutionStatus, JobStatus, Reason
+from container_manager.states import LIVE_EXECUTION_VALUES, ExecutionStatus, JobStatus, Reason
 from container_manager.transitions import _send_after_commit, check_fence, transition
 from container_manager.validation import parse_retry_on
 from executors.base import Executor
@@ -51,7 +51,6 @@ MAX_ROUNDS = 12
 NO_CAPACITY_RETRY = 5.0
 #: wait after a transient executor error.
 TRANSIENT_RETRY = 2.0
-_LIVE_EXEC = [ExecutionStatus.LAUNCHING.value, ExecutionStatus.RUNNING.value]
 #: returned by an action to say "the rows changed: read them and decide again now".
 AGAIN = object()
 
@@ -452,15 +451,11 @@ class Reconciler:
             hosts = hosts.exclude(health_status=HealthStatus.UNHEALTHY)
         if self.host_names is not None:
             hosts = hosts.filter(name__in=self.host_names)
-        ranked = hosts.annotate(
-            running=Count("executions", filter=Q(executions__status__in=_LIVE_EXEC))
-        ).order_by("running", "name")
-        for candidate in ranked:
-            if candidate.running >= candidate.max_concurrent_jobs:  # type: ignore[attr-defined]
+        for candidate in hosts.with_running_count().order_by("running_jobs", "name"):
+            if candidate.running_jobs >= candidate.max_concurrent_jobs:  # type: ignore[attr-defined]
                 continue
             locked = ExecutorHost.objects.select_for_update().get(pk=candidate.pk)
-            running = locked.executions.filter(status__in=_LIVE_EXEC).count()
-            if running < locked.max_concurrent_jobs:
+            if locked.get_capacity()["available"] > 0:
                 return locked
         return None
 
@@ -548,7 +543,9 @@ class Reconciler:
         }
         if action.started_at is not None:
             values["started_at"] = action.started_at
-        updated = ContainerExecution.objects.filter(pk=execution.pk, status__in=_LIVE_EXEC).update(**values)
+        updated = ContainerExecution.objects.filter(pk=execution.pk, status__in=LIVE_EXECUTION_VALUES).update(
+            **values
+        )
         if not updated:
             raise LostRace()
         if self.on_slot_freed is not None:
