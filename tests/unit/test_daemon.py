@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,17 @@ def job(command: str, **kw: Any) -> ContainerJob:
     return ContainerJob.objects.create(image="busybox", command=command, memory_limit=64, cpu_limit=0.5, **kw)
 
 
-def run_in_thread(daemon: Daemon) -> threading.Thread:
+@contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """The daemon runs in a thread for the block, and is stopped (and joined) after it."""
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     assert daemon.ready.wait(5)
-    return thread
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(10)
 
 
 @pytest.fixture
@@ -67,8 +75,7 @@ def test_once_does_one_pass_and_leaves_long_jobs_running(host: ExecutorHost) -> 
 
 def test_rows_inserted_by_sql_are_picked_up_while_running(host: ExecutorHost) -> None:
     daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         with connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO container_manager_containerjob (image, command) VALUES (%s, %s)",
@@ -76,22 +83,15 @@ def test_rows_inserted_by_sql_are_picked_up_while_running(host: ExecutorHost) ->
             )
         assert wait_until(lambda: ContainerJob.objects.filter(status="completed").count() == 1)
         assert ContainerExecution.objects.get().stdout == "sql\n"
-    finally:
-        daemon.request_stop()
-        thread.join(10)
 
 
 def test_events_finish_jobs_long_before_the_resync(host: ExecutorHost) -> None:
     """The mock pushes 'die' events; with a 60 s resync only events can explain a fast finish."""
     daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         j = job("sleep 0.5")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "running")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=5)
-    finally:
-        daemon.request_stop()
-        thread.join(10)
 
 
 def test_lost_events_still_converge_through_resync(host: ExecutorHost) -> None:
@@ -99,26 +99,18 @@ def test_lost_events_still_converge_through_resync(host: ExecutorHost) -> None:
     assert isinstance(mock, MockExecutor)
     mock.drop_events = True
     daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=0.5))
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         j = job("sleep 0.3", timeout_seconds=3600)
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
-    finally:
-        daemon.request_stop()
-        thread.join(10)
 
 
 def test_cancel_request_reaches_a_running_job(host: ExecutorHost) -> None:
     daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         j = job("hang")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "running")
         ContainerJob.objects.get(pk=j.pk).cancel(actor="test")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "cancelled")
-    finally:
-        daemon.request_stop()
-        thread.join(10)
 
 
 def test_orphans_are_removed_after_the_grace_period(host: ExecutorHost, settings: Any) -> None:
@@ -176,13 +168,9 @@ def test_a_failing_step_is_retried_with_backoff_and_does_not_kill_the_daemon(
         return original(job_id)
 
     monkeypatch.setattr(daemon.reconciler, "reconcile", flaky)
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         j = job("echo survive")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
-    finally:
-        daemon.request_stop()
-        thread.join(10)
     assert calls[0] == j.pk and len(calls) >= 2
 
 
@@ -354,16 +342,12 @@ def test_a_database_error_in_the_poller_does_not_stop_pickup(host: ExecutorHost,
 
     monkeypatch.setattr(ContainerJobQuerySet, "due", flaky_due)
     daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05, resync_seconds=60))
-    thread = run_in_thread(daemon)
-    try:
+    with running(daemon):
         assert wait_until(lambda: failures["left"] == 0, timeout=5), "the poller keeps polling after errors"
         time.sleep(0.2)  # the start-up resync has passed: only the poller can pick the next job up
         j = job("echo after the outage")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
         assert not daemon.stop_event.is_set()
-    finally:
-        daemon.request_stop()
-        thread.join(10)
 
 
 def test_a_crashed_thread_stops_the_daemon_with_a_failure_code(host: ExecutorHost) -> None:
