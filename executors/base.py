@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from executors.types import ContainerSpec, ExecutorEvent, HealthReport, LogTail, Observed, Usage
@@ -39,6 +39,21 @@ class Executor(abc.ABC):
     def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> Executor:
         """Build the executor for a host row's connection string and config (see ``registry``)."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from a host row")
+
+    @classmethod
+    def check_config(cls, connection_string: str, config: Mapping[str, Any]) -> None:
+        """Raise ``ConfigurationError`` naming what is wrong with a host row's settings.
+
+        Runs when the row is saved, so it must not reach the network or load credentials.
+        """
+
+    @classmethod
+    def check_environment(cls, env: Mapping[str, str]) -> list[str]:
+        """What this backend cannot pass to a container of a job's environment (empty when all is fine).
+
+        Each entry is a message naming the variable and the rule, never its value.
+        """
+        return []
 
     @abc.abstractmethod
     def launch(self, spec: ContainerSpec) -> Observed:
