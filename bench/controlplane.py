@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""The control plane's own cost per job: the reconciler with the mock executor, no container engine.
+
+Why this exists: on real Docker the engine's CPU hides the daemon's, yet the daemon's cost per
+job is what caps one daemon's throughput whatever the backends could take (DESIGN.md section 8:
+<= 8 queries and <= 10 ms of daemon CPU per whole job lifecycle, >= 100 jobs/s, constant with
+100k finished jobs in the table). So this script takes the engine out: H mock hosts, N job rows
+inserted at once, a real ``Daemon`` run until idle in a child process of its own, and it prints
+
+* jobs/s: N / the daemon's wall time from start to idle (every job claimed, run, recorded and
+  cleaned up);
+* queries/job: every SQL statement the daemon's connections executed, divided by N;
+* daemon CPU/job: the child's user + system CPU seconds over the run, divided by N;
+* peak RSS of the daemon process.
+
+``--history K`` first loads K finished jobs (each with its attempt and history rows), so the
+figures can be compared with and without history. ``--database-url`` takes a PostgreSQL server
+URL: a fresh database is created on that server for the run and dropped afterwards. Without it a
+fresh SQLite file in a temporary directory is used.
+
+A benchmark is a script, never a timed assertion in a test. Results: BENCHMARKS.md.
+
+Usage: .venv/bin/python bench/controlplane.py [--jobs 1000] [--hosts 4] [--capacity 10]
+       [--workers 4] [--history 0] [--database-url postgres://u@127.0.0.1:5432/postgres]
+       [--command true] [--rounds 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs per round (default 1000)")
+    parser.add_argument("--hosts", type=int, default=4, help="mock executor hosts (default 4)")
+    parser.add_argument("--capacity", type=int, default=10, help="max_concurrent_jobs per host (default 10)")
+    parser.add_argument("--workers", type=int, default=4, help="daemon workers (default 4)")
+    parser.add_argument("--history", type=int, default=0, help="finished jobs loaded first (default 0)")
+    parser.add_argument("--command", default="true", help="each job's command (mock script; default true)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; medians are reported (default 1)")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server (a fresh database is created on it); default: a temporary SQLite file",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    # Internal: each phase runs in a child process of its own (the daemon's figures are its own).
+    parser.add_argument("--phase", choices=("prepare", "daemon", "check"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def setup_django(database_url: str, home: str) -> None:
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["CONTAINER_MANAGER_HOME"] = home
+    os.environ["DJANGO_SETTINGS_MODULE"] = "container_manager.settings"
+    import django
+
+    django.setup()
+    from container_manager.logconfig import configure
+
+    configure("json", "WARNING")
+
+
+# The daemon, in a child process -------------------------------------------------------------
+
+
+def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a daemon until no job is left; report its wall time, CPU, SQL statements and peak RSS."""
+    from django.db.backends.signals import connection_created
+
+    counter = {"queries": 0}
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        counter["queries"] += 1
+        return execute(sql, params, many, context)
+
+    def install(sender: Any, connection: Any, **kwargs: Any) -> None:
+        # Fired again when a connection object reconnects: count each statement once.
+        if count not in connection.execute_wrappers:
+            connection.execute_wrappers.append(count)
+
+    connection_created.connect(install)
+    from django.db import connections
+
+    for conn in connections.all():
+        conn.close()
+
+    from reconciler.daemon import Daemon, DaemonOptions
+
+    daemon = Daemon(DaemonOptions(workers=args.workers, until_idle=True, startup_wait_seconds=0))
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    code = daemon.run()
+    wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return {
+        "exit_code": code,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "queries": counter["queries"],
+        "peak_rss_mb": cpu_after.ru_maxrss / 1024,
+    }
+
+
+# Setup in the parent --------------------------------------------------------------------------
+
+
+def fresh_postgres(server_url: str) -> tuple[str, str]:
+    """Create an empty database on the server; returns (its URL, its name)."""
+    import psycopg
+
+    name = f"cm_bench_{uuid4().hex[:10]}"
+    parts = urlsplit(server_url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}")), name
+
+
+def drop_postgres(server_url: str, name: str) -> None:
+    import psycopg
+
+    admin = urlunsplit(urlsplit(server_url)._replace(path="/postgres"))
+    with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def load_history(count: int) -> None:
+    """``count`` finished jobs with one cleaned-up attempt and three history rows each."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from container_manager.models import ContainerExecution, ContainerJob, JobEvent
+
+    now = timezone.now() - timedelta(days=1)
+    batch = 5000
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
+        jobs = ContainerJob.objects.bulk_create(
+            ContainerJob(
+                image="busybox:latest",
+                command="true",
+                status="completed",
+                memory_limit=64,
+                cpu_limit=0.5,
+                timeout_seconds=60,
+                attempts=1,
+                exit_code=0,
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+            )
+            for _ in range(size)
+        )
+        ContainerExecution.objects.bulk_create(
+            ContainerExecution(
+                job_id=job.pk,
+                attempt=1,
+                host_name="history",
+                executor_type="mock",
+                container_name=f"cm-history-{job.pk}-1",
+                container_id=f"history{job.pk}",
+                status="completed",
+                exit_code=0,
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+                cleaned_up=True,
+            )
+            for job in jobs
+        )
+        JobEvent.objects.bulk_create(
+            JobEvent(job_id=job.pk, at=now, attempt=1, from_status=a, to_status=b, actor="history")
+            for job in jobs
+            for a, b in (("pending", "launching"), ("launching", "running"), ("running", "completed"))
+        )
+
+
+def prepare(args: argparse.Namespace) -> list[int]:
+    from django.core.management import call_command
+
+    from container_manager.models import ContainerJob, ExecutorHost
+
+    call_command("migrate", verbosity=0)
+    for index in range(args.hosts):
+        ExecutorHost.objects.create(
+            name=f"mock-{index}", executor_type="mock", max_concurrent_jobs=args.capacity
+        )
+    if args.history:
+        load_history(args.history)
+    jobs = ContainerJob.objects.create_many(
+        [
+            ContainerJob(image="busybox:latest", command=args.command, memory_limit=64, cpu_limit=0.5)
+            for _ in range(args.jobs)
+        ]
+    )
+    return [job.pk for job in jobs]
+
+
+def check(job_ids: list[int]) -> dict[str, int]:
+    """Every job finished once: completed, one attempt, its container cleaned up."""
+    from django.db.models import Count
+
+    from container_manager.models import ContainerExecution, ContainerJob
+
+    statuses = dict(
+        ContainerJob.objects.filter(pk__in=job_ids)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    attempts = ContainerExecution.objects.filter(job_id__in=job_ids).count()
+    dirty = ContainerExecution.objects.filter(job_id__in=job_ids, cleaned_up=False).count()
+    return {"completed": statuses.get("completed", 0), "attempts": attempts, "not_cleaned": dirty}
+
+
+def one_round(args: argparse.Namespace) -> dict[str, Any]:
+    home = tempfile.mkdtemp(prefix="cm-bench-cp-")
+    database_name = None
+    if args.database_url:
+        url, database_name = fresh_postgres(args.database_url)
+    else:
+        url = f"sqlite:///{home}/db.sqlite3"
+    try:
+        env = {**os.environ, "DATABASE_URL": url, "CONTAINER_MANAGER_HOME": home}
+        job_ids = phase(args, "prepare", env)["job_ids"]
+        result = phase(args, "daemon", env)
+        verify = phase(args, "check", {**env, "CM_BENCH_JOB_IDS": json.dumps(job_ids)})
+        result.update(verify)
+        n = len(job_ids)
+        result.update(
+            jobs=n,
+            jobs_per_second=n / result["wall_seconds"],
+            queries_per_job=result["queries"] / n,
+            cpu_ms_per_job=1000 * result["cpu_seconds"] / n,
+        )
+        return result
+    finally:
+        if database_name:
+            drop_postgres(args.database_url, database_name)
+
+
+def phase(args: argparse.Namespace, name: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run one phase in a child process; its last line of output is a JSON object."""
+    argv = [sys.executable, __file__, "--phase", name]
+    for option in ("jobs", "hosts", "capacity", "workers", "history", "command"):
+        argv += [f"--{option}", str(getattr(args, option))]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the {name} phase failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def child(args: argparse.Namespace) -> int:
+    setup_django(os.environ["DATABASE_URL"], os.environ["CONTAINER_MANAGER_HOME"])
+    if args.phase == "prepare":
+        result: dict[str, Any] = {"job_ids": prepare(args)}
+    elif args.phase == "check":
+        result = check(json.loads(os.environ["CM_BENCH_JOB_IDS"]))
+    else:
+        result = run_daemon(args)
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.phase:
+        return child(args)
+    rounds = [one_round(args) for _ in range(args.rounds)]
+    keys = ("jobs_per_second", "queries_per_job", "cpu_ms_per_job", "peak_rss_mb", "wall_seconds")
+    medians = {key: statistics.median(r[key] for r in rounds) for key in keys}
+    problems = [
+        r for r in rounds if (r["completed"], r["attempts"], r["not_cleaned"]) != (r["jobs"], r["jobs"], 0)
+    ]
+    report = {
+        "database": "postgresql" if args.database_url else "sqlite",
+        "jobs": args.jobs,
+        "hosts": args.hosts,
+        "capacity": args.capacity,
+        "workers": args.workers,
+        "history": args.history,
+        "rounds": rounds,
+        "median": medians,
+        "all_jobs_completed_once": not problems,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"control plane: {report['database']}, {args.jobs} jobs x {args.rounds} round(s), "
+            f"{args.hosts} mock hosts x {args.capacity} slots, {args.workers} workers, "
+            f"{args.history} finished jobs loaded first"
+        )
+        print(f"{'round':>5} {'jobs/s':>8} {'queries/job':>12} {'CPU ms/job':>11} {'peak RSS MB':>12}")
+        for index, r in enumerate(rounds, start=1):
+            print(
+                f"{index:>5} {r['jobs_per_second']:>8.1f} {r['queries_per_job']:>12.1f} "
+                f"{r['cpu_ms_per_job']:>11.1f} {r['peak_rss_mb']:>12.0f}"
+            )
+        print(
+            f"{'median':>5} {medians['jobs_per_second']:>8.1f} {medians['queries_per_job']:>12.1f} "
+            f"{medians['cpu_ms_per_job']:>11.1f} {medians['peak_rss_mb']:>12.0f}"
+        )
+        print("every job completed once, cleaned up: " + ("yes" if not problems else f"NO: {problems}"))
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
