@@ -94,6 +94,42 @@ def test_oom_kill_recorded(docker_executor: DockerExecutor, instance: str, watch
     # Docker sends many 'oom' events for one kill; the watcher reports one.
     assert watcher.kinds(spec.name).count(EventKind.OOM) <= 1
     assert watcher.kinds(spec.name)[0] is EventKind.STARTED
+    # The 'die' event cannot say it was an OOM kill: inspection still asks Docker.
+    assert docker_executor.inspect(spec.name).oom_killed is True
+
+
+def test_an_exit_reported_by_a_die_event_costs_no_inspect_call(
+    docker_executor: DockerExecutor, instance: str, watcher_factory: object
+) -> None:
+    from executors.docker import parse_docker_time
+
+    watcher = watcher_factory(instance)  # type: ignore[operator]
+    spec = make_spec(instance, "sleep 0.3; exit 5")
+    docker_executor.launch(spec)
+    watcher.wait_until(lambda: EventKind.DIED in watcher.kinds(spec.name))
+    truth = docker_executor.api.inspect_container(spec.name)["State"]
+    calls: list[str] = []
+    original = docker_executor._call
+
+    def counted(what: str, *args: object, **kwargs: object) -> object:
+        calls.append(what)
+        return original(what, *args, **kwargs)  # type: ignore[arg-type]
+
+    docker_executor._call = counted  # type: ignore[method-assign,assignment]
+    seen = docker_executor.inspect(spec.name)
+    assert calls == [], "the event already said how it ended"
+    assert (
+        (seen.state, seen.exit_code)
+        == (ContainerState.EXITED, truth["ExitCode"])
+        == (ContainerState.EXITED, 5)
+    )
+    finished = parse_docker_time(truth["FinishedAt"])
+    assert seen.finished_at is not None and finished is not None
+    assert abs((seen.finished_at - finished).total_seconds()) < 0.1, "the event's time is Docker's exit time"
+    assert seen.labels[LABEL_INSTANCE] == instance
+    docker_executor.remove(spec.name)
+    assert docker_executor.inspect(spec.name).state is ContainerState.NOT_FOUND
+    assert calls and calls[-1].startswith("inspect"), "a removed container is asked about again"
 
 
 def test_hardening_visible_in_docker_inspect(docker_executor: DockerExecutor, instance: str) -> None:
