@@ -47,16 +47,8 @@ def request_cancel(job_id: int, *, actor: str, message: str = "") -> bool:
         )
         if changed:
             note(job_id, actor=actor, reason=Reason.CANCELLED, message=message or "cancellation requested")
-    if changed:
-        _wake(job_id)
+    # On PostgreSQL a trigger on cancel_requested_at wakes the daemon at commit (see notify).
     return bool(changed)
-
-
-def _wake(job_id: int) -> None:
-    """Tell a running daemon (PostgreSQL NOTIFY) to look at this job now."""
-    from reconciler.notify import notify_job
-
-    notify_job(job_id)
 
 
 def rerun_job(job: ContainerJob, *, actor: str) -> ContainerJob:

@@ -62,12 +62,17 @@ class Reason(enum.StrEnum):
     CANCELLED = "cancelled"
     #: the container vanished while the attempt was live (removed behind our back, host lost).
     LOST = "lost"
-    #: the executor refused or failed to start the container.
+    #: the container could not be started (the executor kept failing until the launch deadline).
     LAUNCH_ERROR = "launch_error"
+    #: the executor refused the container for good (a missing image, a program that does not exist):
+    #: trying again cannot help, so it is retried only when ``retry_on`` names it.
+    LAUNCH_REFUSED = "launch_refused"
     #: the row itself is invalid (e.g. inserted by SQL past the safety limits).
     INVALID_SPEC = "invalid_spec"
     #: the pinned host does not exist or is not usable.
     NO_HOST = "no_host"
+    #: the reconciler failed on this job again and again (an internal error, named in the message).
+    RECONCILE_ERROR = "reconcile_error"
 
 
 #: Execution statuses in which the attempt's container may exist (as plain values, for queries).
@@ -109,7 +114,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 DEFAULT_RETRY_ON: tuple[Reason, ...] = (Reason.EXIT_CODE, Reason.OOM, Reason.LOST, Reason.LAUNCH_ERROR)
 #: Reasons a job may list in ``retry_on``.
 RETRYABLE_REASONS: frozenset[Reason] = frozenset(
-    {Reason.EXIT_CODE, Reason.OOM, Reason.LOST, Reason.LAUNCH_ERROR, Reason.TIMEOUT}
+    {Reason.EXIT_CODE, Reason.OOM, Reason.LOST, Reason.LAUNCH_ERROR, Reason.LAUNCH_REFUSED, Reason.TIMEOUT}
 )
 
 

@@ -12,7 +12,8 @@ transaction and a False answer aborts the write, so a paused former leader canno
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +46,7 @@ def check_fence() -> None:
         raise Fenced()
 
 
-def _send_after_commit(signal: Any, **kwargs: Any) -> None:
+def send_after_commit(signal: Any, **kwargs: Any) -> None:
     from container_manager.models import ContainerJob
 
     def send() -> None:
@@ -69,11 +70,14 @@ def transition(
     where: Q | None = None,
     now: datetime | None = None,
     exit_code: int | None = None,
+    savepoint: bool = True,
 ) -> bool:
     """Move job ``job_id`` from ``source`` to ``target`` if it is still in ``source``.
 
     ``fields`` are written in the same UPDATE; ``where`` adds conditions to the compare. Returns
-    False when the row was not in the expected state (lost race), True when it moved.
+    False when the row was not in the expected state (lost race), True when it moved. A caller
+    that holds a transaction it will not continue after an error here may pass
+    ``savepoint=False``: two statements fewer.
     """
     source, target = JobStatus(source), JobStatus(target)
     if not can_transition(source, target):
@@ -88,7 +92,7 @@ def transition(
     query = Q(pk=job_id, status=source.value)
     if where is not None:
         query &= where
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         check_fence()
         changed = ContainerJob.objects.filter(query).update(**values)
         if not changed:
@@ -103,7 +107,7 @@ def transition(
             reason=reason,
             message=message[:4000],
         )
-        _send_after_commit(
+        send_after_commit(
             signals.job_status_changed,
             job_id=job_id,
             old_status=source.value,
@@ -113,13 +117,93 @@ def transition(
             actor=actor,
         )
         if target in TERMINAL:
-            _send_after_commit(
+            send_after_commit(
                 signals.job_finished,
                 job_id=job_id,
                 status=target.value,
                 reason=reason,
                 exit_code=values.get("exit_code", exit_code),
             )
+    return True
+
+
+@dataclass(frozen=True)
+class Move:
+    """One job's part of a batch transition: where it comes from, and what its history row says."""
+
+    job_id: int
+    source: JobStatus
+    attempt: int | None = None
+    message: str = ""
+
+
+class _Raced(Exception):
+    """A job of a batch was no longer in its source status: roll the whole batch back."""
+
+
+def transition_many(
+    moves: Sequence[Move],
+    target: JobStatus | str,
+    *,
+    actor: str,
+    reason: str = "",
+    fields: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    savepoint: bool = True,
+) -> bool:
+    """Move every job of ``moves`` to ``target`` in one UPDATE and one history INSERT, or none.
+
+    Meant for batches the caller has locked (the reconciler's claims): False, with nothing
+    written, when any job was no longer in its source status (with ``savepoint=False`` the
+    caller's transaction is then marked for rollback). ``fields`` are the same for all.
+    Terminal targets go through ``transition()``, one job at a time, with their own signals.
+    """
+    if not moves:
+        return True
+    target = JobStatus(target)
+    if target in TERMINAL:
+        raise InvalidTransition(f"batch transitions to a terminal status ({target}) are not supported")
+    for move in moves:
+        if not can_transition(move.source, target):
+            raise InvalidTransition(f"a job cannot go from {move.source} to {target}")
+    from container_manager.models import ContainerJob, JobEvent
+
+    now = now or timezone.now()
+    values: dict[str, Any] = {"status": target.value, "updated_at": now, **(fields or {})}
+    sources = sorted({JobStatus(m.source).value for m in moves})
+    try:
+        with transaction.atomic(savepoint=savepoint):
+            check_fence()
+            changed = ContainerJob.objects.filter(
+                pk__in=[m.job_id for m in moves], status__in=sources
+            ).update(**values)
+            if changed != len(moves):
+                raise _Raced()
+            JobEvent.objects.bulk_create(
+                JobEvent(
+                    job_id=m.job_id,
+                    at=now,
+                    attempt=m.attempt,
+                    from_status=JobStatus(m.source).value,
+                    to_status=target.value,
+                    actor=actor,
+                    reason=reason,
+                    message=m.message[:4000],
+                )
+                for m in moves
+            )
+            for m in moves:
+                send_after_commit(
+                    signals.job_status_changed,
+                    job_id=m.job_id,
+                    old_status=JobStatus(m.source).value,
+                    new_status=target.value,
+                    reason=reason,
+                    attempt=m.attempt,
+                    actor=actor,
+                )
+    except _Raced:
+        return False
     return True
 
 

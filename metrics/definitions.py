@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from container_manager.states import ExecutionStatus, JobStatus, Reason
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -135,9 +137,9 @@ RESYNC_INTERVAL = Gauge(
 )
 
 EXECUTOR_KINDS = ("docker", "cloudrun", "mock")
-OUTCOMES = ("completed", "failed", "timeout", "cancelled")
-REASONS = ("", "exit_code", "oom", "timeout", "cancelled", "lost", "launch_error", "invalid_spec", "no_host")
-JOB_STATUSES = ("completed", "failed", "timeout", "cancelled")
+OUTCOMES = tuple(s.value for s in ExecutionStatus if s.is_terminal)
+REASONS = tuple(r.value for r in Reason)
+JOB_STATUSES = tuple(s.value for s in JobStatus if s.is_terminal)
 VERBS = ("launch", "inspect", "stop", "logs", "remove", "list_managed", "watch")
 
 

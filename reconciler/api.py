@@ -60,9 +60,11 @@ def observe_job(job: ContainerJob) -> str:
 
 
 def harvest_job(job: ContainerJob) -> ContainerExecution | None:
+    """Observe the job (its step records a finished attempt and removes the container), return the attempt."""
     observe_job(job)
     execution = job.latest_execution
     if execution is not None and not execution.cleaned_up and job.is_terminal_status:
+        # Finished earlier, but its container could not be removed then: try again now.
         get_reconciler().reconcile(job.pk)
         execution.refresh_from_db()
     return execution

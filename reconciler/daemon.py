@@ -28,20 +28,24 @@ from typing import Any
 
 import structlog
 from django.db import close_old_connections, connections
+from django.db.models import Q
 from django.utils import timezone
 
 from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
-from container_manager.states import LIVE, LIVE_EXECUTION_VALUES
+from container_manager.states import LIVE, LIVE_EXECUTION_VALUES, JobStatus
 from container_manager.transitions import Fenced, set_fence
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from executors.types import EventKind
 from metrics import definitions as m
-from reconciler import notify, sdnotify
+from reconciler import notify, record, sdnotify
+from reconciler.cleanup import Cleaner
+from reconciler.decide import backoff_seconds
 from reconciler.leader import DEFAULT_LEASE_NAME, DEFAULT_TTL, Elector, guarded_executors, make_elector
 from reconciler.orphans import census
+from reconciler.outcome import DONE, Outcome, RequeueAfter
 from reconciler.queue import ShutDown, WorkQueue
 from reconciler.step import Reconciler
 
@@ -53,6 +57,20 @@ LEADERSHIP_LOST_EXIT = 75
 STALE_AFTER_RESYNCS = 3.0
 #: seconds between two STATUS= updates while nothing changes.
 STATUS_EVERY = 10.0
+#: work-queue keys of the daemon's own, beside job ids: claim due jobs; remove finished containers.
+CLAIM = "claim"
+CLEANUP = "cleanup"
+#: finished containers are removed in batches, at most this long after their attempt ended.
+CLEANUP_DELAY_SECONDS = 0.25
+#: a job whose step raised this many times in a row is failed (``reconcile_error``).
+STEP_FAILURE_LIMIT = 5
+#: backoff between two tries of a step that raised.
+STEP_RETRY_BASE_SECONDS = 1.0
+STEP_RETRY_MAX_SECONDS = 60.0
+#: with the NOTIFY listener connected, polling is only a safety net: at most this often.
+LISTENING_POLL_SECONDS = 5.0
+#: a worker checks its database connection (and drops a broken one) at most this often.
+CONNECTION_CHECK_SECONDS = 10.0
 
 
 def default_actor() -> str:
@@ -72,8 +90,8 @@ class DaemonOptions:
     #: run until no job is pending, launching, running or retrying, then exit.
     until_idle: bool = False
     actor: str = field(default_factory=default_actor)
-    #: how many due jobs one poll enqueues at most.
-    poll_batch: int = 1000
+    #: how many due jobs one claim takes at most.
+    claim_batch: int = 100
     #: "off" (this process always leads) or "auto" (a lease on PostgreSQL, one replica on SQLite).
     leader_election: str = "off"
     lease_name: str = DEFAULT_LEASE_NAME
@@ -103,24 +121,35 @@ class Daemon:
             executor_for = guarded_executors(executor_for, self.elector)
         self.executor_for = executor_for
         self.notifier = sdnotify.Notifier.from_environ()
+        self.queue = WorkQueue()
+        # Removal is never urgent (outcome and logs are recorded): wait a little, remove a batch.
+        self.cleaner = Cleaner(
+            executor_for, wake=lambda: self.queue.add_after(CLEANUP, CLEANUP_DELAY_SECONDS)
+        )
         self.reconciler = Reconciler(
             actor=self.options.actor,
             policy=self.policy,
             executor_for=executor_for,
             host_names=self.options.host_names or None,
+            cache=True,
+            request_claim=self._request_claim,
+            cleaner=self.cleaner,
         )
-        self.queue = WorkQueue()
+        # An attempt that ends frees a slot: claim at once to fill it.
+        self.reconciler.on_slot_freed = self._request_claim
         self.stop_event = threading.Event()
         self.resync_now = threading.Event()
         #: a source or worker thread died: the daemon stops and exits non-zero.
         self.crashed = False
-        #: set when an attempt ends: the poller runs at once to fill the freed slot.
+        #: wakes the poller early (a stop was requested).
         self.poll_now = threading.Event()
-        self.reconciler.on_slot_freed = self.poll_now.set
+        #: the NOTIFY listener is connected: polling can slow down.
+        self.listening = threading.Event()
+        self._local = threading.local()
         self._threads: list[threading.Thread] = []
         self._watchers: dict[int, threading.Thread] = {}
         self._orphans_seen: dict[tuple[int, str], float] = {}
-        self._failures: dict[int, int] = {}
+        self._failures: dict[Any, int] = {}
         #: monotonic time of the last completed loop activity, for /healthz.
         self.last_pass = time.monotonic()
         self.ready = threading.Event()
@@ -197,6 +226,9 @@ class Daemon:
                 thread.join(min(tick, max(0.0, deadline - time.monotonic())))
                 if self.notifier.ping_due(slack=tick / 2):
                     self.notifier.ping()
+        if len(self.cleaner) and self.elector.is_leader() and not self.elector.lost:
+            # Removals noted but not yet done (they wait a moment to be batched): do them now.
+            self._guarded("cleanup", self.cleaner.run)
         if self.elector.needs_fence:
             set_fence(None)
         # Only now, with every fenced write done, hand the lease over (at once, not after TTL).
@@ -351,21 +383,32 @@ class Daemon:
         return thread
 
     def _run_once(self) -> int:
+        """Claim what can be claimed, take every job with work one step further, clean up, exit."""
+        self.queue.add(CLAIM)
         for job_id in self._work_ids():
             self.queue.add(job_id)
-        done: set[int] = set()
+        done: set[Any] = set()
         while True:
             key = self.queue.get(timeout=0)
             if key is None:
                 break
             try:
                 if key not in done:
-                    done.add(key)  # type: ignore[arg-type]
-                    self._process(key)  # type: ignore[arg-type]
+                    done.add(key)
+                    outcome = self._process(key)
+                    if key == CLAIM and outcome != DONE:
+                        done.discard(CLAIM)
+                        self.queue.add(CLAIM)
             finally:
                 self.queue.done(key)
+        # Removals wait a moment to be batched; a single pass does them before it ends.
+        self._guarded("cleanup", self.cleaner.run)
         self.sweep_orphans()
         return 0
+
+    def _request_claim(self) -> None:
+        """Ask for due jobs to be claimed (the claim runs as one key, so requests coalesce)."""
+        self.queue.add(CLAIM)
 
     # Workers --------------------------------------------------------------------------
 
@@ -374,45 +417,90 @@ class Daemon:
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
-            close_old_connections()
+            self._check_connection()
             try:
-                delay = self._process(key)  # type: ignore[arg-type]
+                outcome = self._process(key)
             finally:
                 self.queue.done(key)
-            if delay is not None and not self.stop_event.is_set():
-                self.queue.add_after(key, delay)
+            if isinstance(outcome, RequeueAfter) and not self.stop_event.is_set():
+                self.queue.add_after(key, outcome.seconds)
             m.QUEUE_DEPTH.set(len(self.queue))
             m.QUEUE_DELAYED.set(self.queue.delayed)
 
-    def _process(self, job_id: int) -> float | None:
-        # Every log record of this step (stdlib ones too) carries the job id.
-        with structlog.contextvars.bound_contextvars(job_id=job_id):
-            return self._process_bound(job_id)
+    def _check_connection(self) -> None:
+        """Drop a broken or expired database connection, but not before every step (it costs a query)."""
+        now = time.monotonic()
+        if now - getattr(self._local, "checked", 0.0) >= CONNECTION_CHECK_SECONDS:
+            self._local.checked = now
+            close_old_connections()
 
-    def _process_bound(self, job_id: int) -> float | None:
+    def _process(self, key: Any) -> Outcome:
+        if key == CLAIM:
+            return self._guarded("claim", self._claim)
+        if key == CLEANUP:
+            return self._guarded("cleanup", self.cleaner.run)
+        # Every log record of this step (stdlib ones too) carries the job id.
+        with structlog.contextvars.bound_contextvars(job_id=key):
+            return self._step(key)
+
+    def _claim(self) -> Outcome:
+        claimed = self.reconciler.claim(limit=self.options.claim_batch)
+        for snap in claimed.snapshots:
+            self.queue.add(snap.job.pk)
+        return RequeueAfter(0.0, "more due jobs") if claimed.more else DONE
+
+    def _guarded(self, what: str, run: Callable[[], Outcome]) -> Outcome:
         try:
-            delay = self.reconciler.reconcile(job_id)
+            outcome = run()
+            self._failures.pop(what, None)
+        except Fenced:
+            log.warning("write refused: this replica no longer leads", work=what)
+            return RequeueAfter(1.0, "fenced")
+        except Exception as exc:
+            return self._failed(what, exc)
+        self.last_pass = time.monotonic()
+        return outcome
+
+    def _step(self, job_id: int) -> Outcome:
+        try:
+            outcome = self.reconciler.reconcile(job_id)
             self._failures.pop(job_id, None)
         except Fenced:
             # Leadership is gone: write nothing more; the main loop stops the daemon.
             log.warning("write refused: this replica no longer leads", job_id=job_id)
-            return 1.0
+            return RequeueAfter(1.0, "fenced")
         except Exception as exc:
-            if not self.elector.is_leader():
-                # e.g. the session of a leader paused inside a transaction was ended by the server.
-                log.warning("step abandoned: this replica no longer leads", job_id=job_id, error=str(exc))
-                return 1.0
-            failures = self._failures[job_id] = self._failures.get(job_id, 0) + 1
-            kind = (
-                "database"
-                if type(exc).__module__.startswith(("django.db", "psycopg", "sqlite3"))
-                else "internal"
-            )
-            m.RECONCILE_ERRORS.labels(kind).inc()
-            log.exception("reconcile failed", job_id=job_id, failures=failures)
-            delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+            self.reconciler.forget(job_id)
+            outcome = self._failed(job_id, exc)
+            if self._failures.get(job_id, 0) >= STEP_FAILURE_LIMIT and not _database_error(exc):
+                outcome = self._give_up(job_id, exc)
         self.last_pass = time.monotonic()
-        return delay
+        return outcome
+
+    def _failed(self, key: Any, exc: Exception) -> Outcome:
+        if not self.elector.is_leader():
+            # e.g. the session of a leader paused inside a transaction was ended by the server.
+            log.warning("step abandoned: this replica no longer leads", work=key, error=str(exc))
+            return RequeueAfter(1.0, "not leading")
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        m.RECONCILE_ERRORS.labels("database" if _database_error(exc) else "internal").inc()
+        log.exception("reconcile failed", work=key, failures=failures)
+        delay = backoff_seconds(key, failures, STEP_RETRY_BASE_SECONDS, STEP_RETRY_MAX_SECONDS)
+        return RequeueAfter(delay, f"failed {failures} time(s)")
+
+    def _give_up(self, job_id: int, exc: Exception) -> Outcome:
+        """A job whose step keeps raising is failed with a clear reason, so it cannot wedge anything."""
+        message = (
+            f"the reconciler failed on this job {STEP_FAILURE_LIMIT} times in a row: {type(exc).__name__}"
+        )
+        try:
+            if record.give_up(job_id, message, actor=self.options.actor, now=timezone.now()):
+                log.error("job failed after repeated step errors", job_id=job_id, error=type(exc).__name__)
+                self._failures.pop(job_id, None)
+                return RequeueAfter(0.0, "clean up after giving up")
+        except Exception:
+            log.exception("could not fail the job after repeated step errors", job_id=job_id)
+        return RequeueAfter(60.0, "giving up failed")
 
     # Sources --------------------------------------------------------------------------
 
@@ -423,10 +511,12 @@ class Daemon:
         return hosts
 
     def _work_ids(self) -> list[int]:
-        """Every job the reconciler has work for: unfinished ones and finished ones not cleaned up."""
-        unfinished = list(
-            ContainerJob.objects.unfinished().order_by("-priority", "created_at").values_list("id", flat=True)
-        )
+        """Jobs with work beyond claiming: live or retrying ones, and finished ones not cleaned up.
+
+        Due pending jobs are the claimer's (``CLAIM``), a statement for many rows.
+        """
+        busy = [s.value for s in (*LIVE, JobStatus.RETRYING)]
+        unfinished = list(ContainerJob.objects.filter(status__in=busy).values_list("id", flat=True))
         dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=LIVE_EXECUTION_VALUES)
         return unfinished + list(dirty.values_list("job_id", flat=True).distinct())
 
@@ -440,33 +530,23 @@ class Daemon:
                     # A passing database error must not stop pickup; the next poll retries.
                     m.RECONCILE_ERRORS.labels("database").inc()
                     log.exception("poll failed")
-            self.poll_now.wait(self.poll_seconds)
+            interval = self.poll_seconds
+            if self.listening.is_set():
+                interval = max(interval, LISTENING_POLL_SECONDS)
+            self.poll_now.wait(interval)
             self.poll_now.clear()
 
     def poll(self) -> None:
-        """Enqueue as many due jobs as there are free slots (in claim order), and cancel requests.
+        """The safety net for missed notifications: claim due jobs, and look at cancel requests.
 
-        Jobs beyond the free capacity are not enqueued: each would only cost a step that finds
-        no slot. A pinned job counts against its own host, so a full host never holds back
-        jobs that could run elsewhere. When an attempt ends, the poller runs at once.
+        Without PostgreSQL's NOTIFY (SQLite) this is how new rows and cancel requests are seen.
         """
-        due = ContainerJob.objects.due(timezone.now())
-        hosts = list(self._hosts().with_running_count())
-        free = {h.pk: max(0, h.max_concurrent_jobs - h.running_jobs) for h in hosts}
-        unpinned = sum(free[h.pk] for h in hosts if h.health_status != HealthStatus.UNHEALTHY)
-        batch = self.options.poll_batch
-        ids: list[int] = []
-        if unpinned:
-            ids += due.filter(docker_host__isnull=True).values_list("id", flat=True)[: min(unpinned, batch)]
-        for host_pk, slots in free.items():
-            if slots:
-                ids += due.filter(docker_host_id=host_pk).values_list("id", flat=True)[: min(slots, batch)]
-        for job_id in ids:
-            self.queue.add(job_id)
+        self.queue.add(CLAIM)
         cancels = ContainerJob.objects.filter(
             status__in=[s.value for s in LIVE], cancel_requested_at__isnull=False
         ).values_list("id", flat=True)
         for job_id in cancels:
+            self.reconciler.forget(job_id)
             self.queue.add(job_id)
 
     def _resync_loop(self) -> None:
@@ -481,7 +561,9 @@ class Daemon:
 
     def resync(self) -> None:
         """Full, level-triggered pass: enqueue all work, sweep orphans, re-probe hosts, start watchers."""
+        self.queue.add(CLAIM)
         for job_id in self._work_ids():
+            self.reconciler.forget(job_id)
             self.queue.add(job_id)
         self.check_hosts()
         self.sweep_orphans()
@@ -563,11 +645,42 @@ class Daemon:
         log.info("orphan container removed", host=host.name, container=name)
 
     def _listen_loop(self) -> None:
-        notify.listen(self.queue.add, self.stop_event, on_reconnect=self.resync_now.set)
+        def connected(up: bool) -> None:
+            if up:
+                self.listening.set()
+                self.resync_now.set()  # notifications sent while disconnected are lost
+            else:
+                self.listening.clear()
+
+        notify.listen(self._notified, self.stop_event, on_connection=connected)
+
+    def _notified(self, kind: str, job_id: int) -> None:
+        if kind == notify.NEW:
+            self._request_claim()
+            return
+        # A row changed from outside (a cancel request): what this process kept is stale.
+        self.reconciler.forget(job_id)
+        self.queue.add(job_id)
 
     def _idle(self) -> bool:
-        return not ContainerJob.objects.unfinished().exists() and self.queue.idle()
+        """Nothing runs, waits for a retry or is due, and no key is queued or in progress.
+
+        Jobs scheduled for later (a ``run_after`` in the future) do not keep the daemon up.
+        """
+        busy = Q(status__in=[s.value for s in (*LIVE, JobStatus.RETRYING)])
+        due = Q(status=JobStatus.PENDING.value) & (
+            Q(run_after__isnull=True) | Q(run_after__lte=timezone.now())
+        )
+        return (
+            not ContainerJob.objects.filter(busy | due).exists()
+            and self.queue.idle()
+            and not len(self.cleaner)
+        )
 
     def enqueue(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:
             self.queue.add(job_id)
+
+
+def _database_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith(("django.db", "psycopg", "sqlite3"))

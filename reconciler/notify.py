@@ -1,8 +1,10 @@
 """PostgreSQL LISTEN/NOTIFY: the fast path for picking up new rows and cancel requests.
 
 A trigger (see the migrations) notifies the channel on every INSERT into the job table and on
-every cancel request, including rows written by plain SQL. On other databases these
-functions do nothing and the daemon relies on polling.
+every cancel request, including rows written by plain SQL. The payload says which
+(``INSERT:<id>`` or ``UPDATE:<id>``), so a burst of new rows only asks the daemon to claim,
+while a cancel request points at the one job it concerns. On other databases the daemon relies
+on polling.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import structlog
 from django.db import connection
 
 CHANNEL = "container_manager_jobs"
+#: kinds of notification: a new row (claim it), or a change to an existing one (look at it).
+NEW = "new"
+CHANGED = "changed"
 log = structlog.get_logger("reconciler.notify")
 
 
@@ -21,19 +26,26 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def notify_job(job_id: int) -> None:
-    """Wake listening daemons about ``job_id`` (delivered at commit; no-op off PostgreSQL)."""
-    if not is_postgres():
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, str(job_id)])
+def parse(payload: str) -> tuple[str, int] | None:
+    """``(kind, job id)`` of a notification's payload; None for one that is not ours."""
+    operation, _, number = payload.rpartition(":")
+    try:
+        job_id = int(number)
+    except ValueError:
+        return None
+    return (NEW if operation == "INSERT" else CHANGED), job_id
 
 
-def listen(on_job: Callable[[int], None], stop: threading.Event, on_reconnect: Callable[[], None]) -> None:
-    """Block, calling ``on_job(id)`` for every notification until ``stop`` is set.
+def listen(
+    on_notification: Callable[[str, int], None],
+    stop: threading.Event,
+    on_connection: Callable[[bool], None],
+) -> None:
+    """Block, calling ``on_notification(kind, job_id)`` for every notification until ``stop`` is set.
 
-    Uses its own autocommit connection; reconnects after errors and calls ``on_reconnect``
-    (notifications sent while disconnected are lost, so the caller resyncs).
+    Uses its own autocommit connection; reconnects after errors. ``on_connection(True)`` is
+    called once listening, ``on_connection(False)`` when the connection is lost (notifications
+    sent meanwhile are lost, so the caller resyncs when it comes back).
     """
     import psycopg
 
@@ -49,13 +61,13 @@ def listen(on_job: Callable[[int], None], stop: threading.Event, on_reconnect: C
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
-                on_reconnect()
+                on_connection(True)
                 while not stop.is_set():
                     for notification in conn.notifies(timeout=0.5):
-                        try:
-                            on_job(int(notification.payload))
-                        except ValueError:
-                            continue
+                        parsed = parse(notification.payload)
+                        if parsed is not None:
+                            on_notification(*parsed)
         except psycopg.Error as exc:
+            on_connection(False)
             log.warning("notification listener disconnected", error=str(exc))
             stop.wait(1.0)

@@ -1,13 +1,16 @@
-"""Turns a job row and its attempt into the executor's ``ContainerSpec``, applying the policy.
+"""Turns a job row into the executor's ``ContainerSpec``, applying the safety policy once per attempt.
 
-This is the launch-time re-check of the safety policy: a row inserted by plain SQL skipped
-model validation, so its limits, image and command are validated again here.
+This is also the launch-time re-check of the policy: a row written by plain SQL skipped model
+validation, so its image, command, limits and environment are validated again here, and a value
+of the wrong type (SQLite stores whatever it is given) is a ``ValidationError`` naming the
+field, never a ``TypeError`` that would wedge the job.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
@@ -26,31 +29,26 @@ def container_name(instance: str, job_id: int, attempt: int) -> str:
     return f"cm-{safe}-{job_id}-{attempt}"
 
 
+def _number(job: ContainerJob, field: str, default: float, kind: type) -> Any:
+    value = getattr(job, field)
+    if value is None:
+        return kind(default)
+    try:
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return kind(number) if kind is float else int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError({field: f"{field} must be a finite number; the row holds {value!r}"}) from None
+
+
 def effective_limits(job: ContainerJob, policy: Policy) -> dict[str, int | float]:
-    """Limits to record at claim time: the job's own, or the settings defaults when NULL."""
+    """The limits an attempt runs with: the job's own, or the settings defaults where NULL."""
     return {
-        "memory_limit": job.memory_limit if job.memory_limit is not None else policy.default_memory_mb,
-        "cpu_limit": job.cpu_limit if job.cpu_limit is not None else policy.default_cpu,
-        "timeout_seconds": job.timeout_seconds
-        if job.timeout_seconds is not None
-        else policy.default_timeout_seconds,
+        "memory_limit": _number(job, "memory_limit", policy.default_memory_mb, int),
+        "cpu_limit": _number(job, "cpu_limit", policy.default_cpu, float),
+        "timeout_seconds": _number(job, "timeout_seconds", policy.default_timeout_seconds, int),
     }
-
-
-def check_job(job: ContainerJob, policy: Policy) -> None:
-    """Raise ``ValidationError`` if the row breaks a rule (rows written by SQL skip ``save()``)."""
-    validate_image(job.image or "", policy)
-    split_command(job.command or "")
-    limits = effective_limits(job, policy)
-    validate_limits(
-        memory_limit=int(limits["memory_limit"]),
-        cpu_limit=float(limits["cpu_limit"]),
-        timeout_seconds=int(limits["timeout_seconds"]),
-        max_retries=job.max_retries,
-        policy=policy,
-    )
-    parse_retry_on(job.retry_on)
-    job.get_all_environment_variables()
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -59,7 +57,22 @@ def describe_validation_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
-def build_spec(job: ContainerJob, attempt: int, name: str, policy: Policy) -> ContainerSpec:
+def build_spec(job: ContainerJob, attempt: int, policy: Policy) -> ContainerSpec:
+    """Validate the row and build attempt ``attempt``'s spec; raises ``ValidationError`` naming the field."""
+    image = job.image if isinstance(job.image, str) else ""
+    validate_image(image, policy)
+    if not isinstance(job.command, str):
+        raise ValidationError({"command": "command must be a string"})
+    argv = split_command(job.command)
+    limits = effective_limits(job, policy)
+    validate_limits(
+        memory_limit=int(limits["memory_limit"]),
+        cpu_limit=float(limits["cpu_limit"]),
+        timeout_seconds=int(limits["timeout_seconds"]),
+        max_retries=_number(job, "max_retries", 0, int),
+        policy=policy,
+    )
+    parse_retry_on(job.retry_on if isinstance(job.retry_on, str) else "")
     env = job.get_all_environment_variables()
     labels = {
         LABEL_MANAGED: "true",
@@ -67,11 +80,10 @@ def build_spec(job: ContainerJob, attempt: int, name: str, policy: Policy) -> Co
         LABEL_JOB: str(job.pk),
         LABEL_ATTEMPT: str(attempt),
     }
-    limits = effective_limits(job, policy)
     return ContainerSpec(
-        name=name,
-        image=job.image,
-        command=split_command(job.command or ""),
+        name=container_name(policy.instance, job.pk, attempt),
+        image=image,
+        command=argv,
         env=tuple(sorted(env.items())),
         labels=tuple(sorted(labels.items())),
         memory_mb=int(limits["memory_limit"]),
@@ -81,3 +93,14 @@ def build_spec(job: ContainerJob, attempt: int, name: str, policy: Policy) -> Co
         pids_limit=policy.pids_limit,
         secret_keys=frozenset(k for k in env if is_secret_key(k)),
     )
+
+
+def spec_or_problem(job: ContainerJob, attempt: int, policy: Policy) -> tuple[ContainerSpec | None, str]:
+    """``build_spec``, with a refusal turned into the message ``decide()`` takes as a fact."""
+    try:
+        return build_spec(job, attempt, policy), ""
+    except ValidationError as exc:
+        return None, describe_validation_error(exc)
+    except (TypeError, ValueError, OverflowError) as exc:
+        # A field the checks above do not cover holds a value of the wrong type (plain SQL).
+        return None, f"the row holds a value this version cannot read ({type(exc).__name__})"

@@ -119,7 +119,10 @@ def _classes_defined_in(module: ModuleType, base: type) -> set[str]:
     return {
         name
         for name, value in vars(module).items()
-        if inspect.isclass(value) and issubclass(value, base) and value.__module__ == module.__name__
+        if inspect.isclass(value)
+        and issubclass(value, base)
+        and value.__module__ == module.__name__
+        and not name.startswith("_")
     }
 
 

@@ -174,6 +174,51 @@ def test_a_failing_step_is_retried_with_backoff_and_does_not_kill_the_daemon(
     assert calls[0] == j.pk and len(calls) >= 2
 
 
+def test_a_job_whose_step_keeps_failing_is_failed_and_the_others_go_on(
+    host: ExecutorHost, monkeypatch: Any
+) -> None:
+    from reconciler import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "STEP_RETRY_BASE_SECONDS", 0.01)
+    daemon = Daemon(DaemonOptions(workers=2, poll_seconds=0.05, resync_seconds=60))
+    cursed = job("hang")
+    original = daemon.reconciler.reconcile
+
+    def broken_for_one(job_id: int) -> Any:
+        if job_id == cursed.pk and ContainerJob.objects.get(pk=job_id).status == "running":
+            raise RuntimeError("a bug that only this job meets")
+        return original(job_id)
+
+    monkeypatch.setattr(daemon.reconciler, "reconcile", broken_for_one)
+    with running(daemon):
+        fine = job("echo fine")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=fine.pk).status == "completed", timeout=10)
+        assert wait_until(lambda: ContainerJob.objects.get(pk=cursed.pk).status == "running", timeout=10)
+        daemon.enqueue([cursed.pk])  # as an event or the resync would
+        assert wait_until(lambda: ContainerJob.objects.get(pk=cursed.pk).status == "failed", timeout=30)
+        assert wait_until(lambda: ContainerExecution.objects.get(job_id=cursed.pk).cleaned_up, timeout=10)
+    cursed.refresh_from_db()
+    assert cursed.failure_reason == "reconcile_error"
+    assert "RuntimeError" in cursed.status_message and "5 times" in cursed.status_message
+    assert host.get_executor().list_managed("default") == [], "its container was removed"
+
+
+def test_until_idle_leaves_jobs_scheduled_for_later(host: ExecutorHost) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now_job = job("echo now")
+    later = job("echo tomorrow", run_after=timezone.now() + timedelta(days=1))
+    daemon = Daemon(DaemonOptions(workers=1, until_idle=True, poll_seconds=0.05, resync_seconds=1))
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "a job due tomorrow must not keep --until-idle running"
+    assert ContainerJob.objects.get(pk=now_job.pk).status == "completed"
+    assert ContainerJob.objects.get(pk=later.pk).status == "pending"
+
+
 def _subprocess_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -364,7 +409,11 @@ def test_a_crashed_thread_stops_the_daemon_with_a_failure_code(host: ExecutorHos
     assert result == [1]
 
 
-def test_poll_enqueues_only_what_free_slots_can_take(host: ExecutorHost) -> None:
+def test_claim_takes_only_what_free_slots_can_run_in_a_few_statements(host: ExecutorHost) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    from reconciler.daemon import CLAIM
+
     ExecutorHost.objects.filter(pk=host.pk).update(max_concurrent_jobs=2)
     full = ExecutorHost.objects.create(name="full", executor_type="mock", max_concurrent_jobs=1)
     busy = job("hang", docker_host=full)
@@ -374,8 +423,18 @@ def test_poll_enqueues_only_what_free_slots_can_take(host: ExecutorHost) -> None
     unpinned = [job("echo u") for _ in range(5)]
     daemon = Daemon(DaemonOptions(workers=1))
     daemon.poll()
+    assert daemon.queue.get(timeout=0) == CLAIM, "polling asks for a claim; it reads no job itself"
+    with CaptureQueriesContext(connection) as claim:
+        daemon._process(CLAIM)
+    daemon.queue.done(CLAIM)
     queued = []
     while (key := daemon.queue.get(timeout=0)) is not None:
         queued.append(key)
     assert not set(queued) & {j.pk for j in pinned_to_full}, "a full host's jobs wait without costing steps"
     assert queued == [j.pk for j in unpinned[:2]], "as many as the free slots, oldest first"
+    launching = ContainerJob.objects.filter(status="launching").values_list("pk", flat=True)
+    assert sorted(launching) == [j.pk for j in unpinned[:2]]
+    # Lock the hosts, pick the due jobs, one UPDATE, one history INSERT, one attempt INSERT; SQLite
+    # also lists its BEGIN IMMEDIATE and COMMIT.
+    statements = [q["sql"][:50] for q in claim.captured_queries]
+    assert len(statements) <= 7, "\n".join(statements)

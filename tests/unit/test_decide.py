@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure decision core: every job status x attempt x observation."""
+"""Table-driven tests of the pure decision core: every job status x attempt x facts."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ import pytest
 from container_manager.states import DEFAULT_RETRY_ON, ExecutionStatus, JobStatus, Reason
 from executors.types import ContainerState, Observed
 from reconciler import decide as d
+from reconciler.outcome import Done, RequeueAfter
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = d.DecidePolicy(stop_grace_seconds=7, resync_seconds=30, launch_deadline_seconds=300)
+POLICY = d.DecidePolicy(
+    stop_grace_seconds=7, resync_seconds=30, launch_deadline_seconds=300, transient_retry_seconds=2
+)
 NAME = "cm-test-1-1"
+J, X, R = JobStatus, ExecutionStatus, Reason
 
 
 def job(status: JobStatus, **kw: object) -> d.JobView:
     base = d.JobView(
         id=1,
         status=status,
-        attempts=1 if status in (JobStatus.LAUNCHING, JobStatus.RUNNING) else 0,
+        attempts=1 if status in (J.LAUNCHING, J.RUNNING) else 0,
         max_retries=0,
         timeout_seconds=60,
         retry_backoff_seconds=5,
@@ -30,29 +34,26 @@ def job(status: JobStatus, **kw: object) -> d.JobView:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def attempt(status: ExecutionStatus = ExecutionStatus.RUNNING, **kw: object) -> d.AttemptView:
+def attempt(status: ExecutionStatus = X.RUNNING, **kw: object) -> d.AttemptView:
     base = d.AttemptView(
         attempt=1,
         status=status,
         container_name=NAME,
         created_at=NOW - timedelta(seconds=10),
-        started_at=NOW - timedelta(seconds=10) if status is not ExecutionStatus.LAUNCHING else None,
+        started_at=NOW - timedelta(seconds=10) if status is not X.LAUNCHING else None,
+        launched=status is not X.LAUNCHING,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def seen(state: ContainerState, **kw: object) -> Observed:
-    return Observed(name=NAME, state=state, **kw)  # type: ignore[arg-type]
+def seen(state: ContainerState, **kw: object) -> d.Facts:
+    return d.Facts(observed=Observed(name=NAME, state=state, **kw))  # type: ignore[arg-type]
 
 
-def kinds(plan: d.Plan) -> list[type]:
-    return [type(a) for a in plan.actions]
+RUNNING = seen(ContainerState.RUNNING, started_at=NOW - timedelta(seconds=10))
 
 
-RUNNING_OBS = seen(ContainerState.RUNNING, started_at=NOW - timedelta(seconds=10))
-
-
-def exited(code: int, **kw: object) -> Observed:
+def exited(code: int | None, **kw: object) -> d.Facts:
     return seen(
         ContainerState.EXITED,
         exit_code=code,
@@ -62,367 +63,437 @@ def exited(code: int, **kw: object) -> Observed:
     )
 
 
-# (case id, job, attempt, observed, expected action types, expected requeue)
-CASES = [
+NO_FACTS = d.Facts()
+LAUNCHING_FRESH = attempt(X.LAUNCHING)
+
+
+def shape(decision: d.Decision) -> tuple[object, ...]:
+    """What a case asserts: the decision's kind and its essential fields."""
+    if isinstance(decision, RequeueAfter):
+        return (RequeueAfter, round(decision.seconds, 3))
+    if isinstance(decision, d.FinishAttempt):
+        return (d.FinishAttempt, decision.status, decision.reason, decision.job.status)
+    if isinstance(decision, d.SettleJob):
+        return (d.SettleJob, decision.outcome.status, decision.outcome.reason)
+    if isinstance(decision, d.Stop):
+        return (d.Stop, decision.reason)
+    if isinstance(decision, d.StartAttempt):
+        return (d.StartAttempt, decision.attempt)
+    return (type(decision),)
+
+
+# (case id, job, attempt, facts, expected shape)
+CASES: list[tuple[str, d.JobView, d.AttemptView | None, d.Facts, tuple[object, ...]]] = [
     # waiting jobs
-    ("pending starts attempt 1", job(JobStatus.PENDING), None, None, [d.StartAttempt], 0),
-    ("pending cancel", job(JobStatus.PENDING, cancel_requested=True), None, None, [d.FinishJob], None),
+    ("pending starts attempt 1", job(J.PENDING), None, NO_FACTS, (d.StartAttempt, 1)),
     (
-        "pending not yet due",
-        job(JobStatus.PENDING, run_after=NOW + timedelta(seconds=42)),
+        "pending cancel",
+        job(J.PENDING, cancel_requested=True),
         None,
-        None,
-        [],
-        42,
+        NO_FACTS,
+        (d.SettleJob, J.CANCELLED, R.CANCELLED),
     ),
     (
-        "retrying due starts next attempt and cleans the last",
-        job(JobStatus.RETRYING, attempts=1, max_retries=2, run_after=NOW - timedelta(seconds=1)),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE),
+        "pending, the row breaks a rule: invalid spec",
+        job(J.PENDING),
         None,
-        [d.Cleanup, d.StartAttempt],
-        0,
+        d.Facts(spec_problem="memory_limit: too big"),
+        (d.SettleJob, J.FAILED, R.INVALID_SPEC),
+    ),
+    (
+        "pending not yet due",
+        job(J.PENDING, run_after=NOW + timedelta(seconds=42)),
+        None,
+        NO_FACTS,
+        (RequeueAfter, 42.0),
+    ),
+    (
+        "retrying due starts the next attempt",
+        job(J.RETRYING, attempts=1, max_retries=2, run_after=NOW - timedelta(seconds=1)),
+        attempt(X.FAILED, reason=R.EXIT_CODE),
+        NO_FACTS,
+        (d.StartAttempt, 2),
     ),
     (
         "retrying not due",
-        job(JobStatus.RETRYING, attempts=1, max_retries=2, run_after=NOW + timedelta(seconds=5)),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE, cleaned_up=True),
-        None,
-        [],
-        5,
+        job(J.RETRYING, attempts=1, max_retries=2, run_after=NOW + timedelta(seconds=5)),
+        attempt(X.FAILED, reason=R.EXIT_CODE, cleaned_up=True),
+        NO_FACTS,
+        (RequeueAfter, 5.0),
     ),
     (
         "retrying cancelled",
-        job(JobStatus.RETRYING, attempts=1, max_retries=2, cancel_requested=True),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
-    ),
-    # launching, container not there yet
-    (
-        "launching, nothing yet: launch",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING),
-        seen(ContainerState.NOT_FOUND),
-        [d.Launch],
-        0,
+        job(J.RETRYING, attempts=1, max_retries=2, cancel_requested=True),
+        attempt(X.FAILED, reason=R.EXIT_CODE, cleaned_up=True),
+        NO_FACTS,
+        (d.SettleJob, J.CANCELLED, R.CANCELLED),
     ),
     (
-        "launched container vanished before being seen: lost, never created again",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING, launched=True),
-        seen(ContainerState.NOT_FOUND),
-        [d.FinishAttempt],
-        0,
+        "never more attempts than allowed",
+        job(J.RETRYING, attempts=3, max_retries=2),
+        attempt(X.FAILED, attempt=3, cleaned_up=True),
+        NO_FACTS,
+        (d.SettleJob, J.FAILED, R.LAUNCH_ERROR),
+    ),
+    # launching, container never launched (no inspect needed)
+    ("claimed, not launched yet: launch", job(J.LAUNCHING), LAUNCHING_FRESH, NO_FACTS, (d.Launch,)),
+    (
+        "launch failed transiently: try again shortly",
+        job(J.LAUNCHING),
+        LAUNCHING_FRESH,
+        d.Facts(launch_error="daemon unreachable"),
+        (RequeueAfter, 2.0),
     ),
     (
-        "launching past deadline: launch error",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING, created_at=NOW - timedelta(seconds=301)),
-        seen(ContainerState.NOT_FOUND),
-        [d.FinishAttempt],
-        0,
+        "launch refused for good: launch_refused, not retried by default",
+        job(J.LAUNCHING, max_retries=3),
+        LAUNCHING_FRESH,
+        d.Facts(launch_refused="no such image"),
+        (d.FinishAttempt, X.FAILED, R.LAUNCH_REFUSED, J.FAILED),
+    ),
+    (
+        "launch refused, retried when retry_on names it",
+        job(J.LAUNCHING, max_retries=3, retry_on=frozenset({R.LAUNCH_REFUSED})),
+        LAUNCHING_FRESH,
+        d.Facts(launch_refused="no such image"),
+        (d.FinishAttempt, X.FAILED, R.LAUNCH_REFUSED, J.RETRYING),
+    ),
+    (
+        "launching past deadline: launch error, even while the host fails",
+        job(J.LAUNCHING),
+        attempt(X.LAUNCHING, created_at=NOW - timedelta(seconds=301)),
+        d.Facts(launch_error="daemon unreachable"),
+        (d.FinishAttempt, X.FAILED, R.LAUNCH_ERROR, J.FAILED),
     ),
     (
         "launching cancelled before start",
-        job(JobStatus.LAUNCHING, cancel_requested=True),
-        attempt(ExecutionStatus.LAUNCHING),
-        seen(ContainerState.NOT_FOUND),
-        [d.FinishAttempt],
-        0,
+        job(J.LAUNCHING, cancel_requested=True),
+        LAUNCHING_FRESH,
+        NO_FACTS,
+        (d.FinishAttempt, X.CANCELLED, R.CANCELLED, J.CANCELLED),
     ),
+    # launching, after the launch answered
     (
-        "created but not started: launch again (adopt)",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING),
+        "launched, created but not started: launch again (adopt)",
+        job(J.LAUNCHING),
+        LAUNCHING_FRESH,
         seen(ContainerState.CREATED),
-        [d.Launch],
-        0,
+        (d.Launch,),
     ),
     (
         "created, cancel requested",
-        job(JobStatus.LAUNCHING, cancel_requested=True),
-        attempt(ExecutionStatus.LAUNCHING),
+        job(J.LAUNCHING, cancel_requested=True),
+        attempt(X.LAUNCHING, launched=True),
         seen(ContainerState.CREATED),
-        [d.FinishAttempt],
-        0,
+        (d.FinishAttempt, X.CANCELLED, R.CANCELLED, J.CANCELLED),
+    ),
+    ("launched and running: mark running", job(J.LAUNCHING), LAUNCHING_FRESH, RUNNING, (d.MarkRunning,)),
+    (
+        "launched container vanished before being seen: lost (retried), never created again",
+        job(J.LAUNCHING, max_retries=1),
+        attempt(X.LAUNCHING, launched=True),
+        seen(ContainerState.NOT_FOUND),
+        (d.FinishAttempt, X.FAILED, R.LOST, J.RETRYING),
     ),
     (
-        "launching and observed running: mark running",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING),
-        RUNNING_OBS,
-        [d.MarkRunning],
-        30,
+        "exited before it was seen running",
+        job(J.LAUNCHING),
+        LAUNCHING_FRESH,
+        exited(0),
+        (d.FinishAttempt, X.COMPLETED, R.NONE, J.COMPLETED),
     ),
     # running
-    ("running, fine: wait", job(JobStatus.RUNNING), attempt(), RUNNING_OBS, [], 30),
+    ("running, fine: look again at the resync", job(J.RUNNING), attempt(), RUNNING, (RequeueAfter, 30.0)),
     (
-        "running near deadline: wake at deadline",
-        job(JobStatus.RUNNING, timeout_seconds=15),
+        "running near deadline: wake at the deadline",
+        job(J.RUNNING, timeout_seconds=15),
         attempt(),
-        RUNNING_OBS,
-        [],
-        5,
+        RUNNING,
+        (RequeueAfter, 5.0),
     ),
     (
-        "running past timeout: stop, record timeout (removal follows the outcome)",
-        job(JobStatus.RUNNING, timeout_seconds=5),
+        "running on a backend without events: look at its poll interval",
+        job(J.RUNNING),
         attempt(),
-        RUNNING_OBS,
-        [d.Stop, d.FinishAttempt],
-        0,
+        replace(RUNNING, poll_interval=3.0),
+        (RequeueAfter, 3.0),
     ),
     (
-        "running, cancel requested: stop, record cancelled",
-        job(JobStatus.RUNNING, cancel_requested=True),
+        "running past timeout: stop",
+        job(J.RUNNING, timeout_seconds=5),
         attempt(),
-        RUNNING_OBS,
-        [d.Stop, d.FinishAttempt],
-        0,
+        RUNNING,
+        (d.Stop, R.TIMEOUT),
+    ),
+    (
+        "running, cancel requested: stop",
+        job(J.RUNNING, cancel_requested=True),
+        attempt(),
+        RUNNING,
+        (d.Stop, R.CANCELLED),
+    ),
+    (
+        "stopped but still running: wait for it",
+        job(J.RUNNING, cancel_requested=True),
+        attempt(),
+        replace(RUNNING, stopped_for=R.CANCELLED),
+        (RequeueAfter, 2.0),
     ),
     (
         "running, container vanished: lost",
-        job(JobStatus.RUNNING),
+        job(J.RUNNING),
         attempt(),
         seen(ContainerState.NOT_FOUND),
-        [d.FinishAttempt],
-        0,
+        (d.FinishAttempt, X.FAILED, R.LOST, J.FAILED),
     ),
     (
         "running, created state (impossible but safe): start",
-        job(JobStatus.RUNNING),
+        job(J.RUNNING),
         attempt(),
         seen(ContainerState.CREATED),
-        [d.Launch],
-        0,
+        (d.Launch,),
     ),
     (
-        "exit 0: finish attempt",
-        job(JobStatus.RUNNING),
+        "running, host unreachable: wait",
+        job(J.RUNNING),
         attempt(),
-        exited(0),
-        [d.FinishAttempt],
-        0,
-    ),
-    ("exit 3", job(JobStatus.RUNNING), attempt(), exited(3), [d.FinishAttempt], 0),
-    (
-        "exit while still launching",
-        job(JobStatus.LAUNCHING),
-        attempt(ExecutionStatus.LAUNCHING),
-        exited(0),
-        [d.FinishAttempt],
-        0,
-    ),
-    # attempt over, job live: outcome
-    (
-        "attempt completed: job completed",
-        job(JobStatus.RUNNING),
-        attempt(ExecutionStatus.COMPLETED, exit_code=0, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
+        d.Facts(observe_error="connection refused"),
+        (RequeueAfter, 2.0),
     ),
     (
-        "attempt failed, retries left: schedule retry",
-        job(JobStatus.RUNNING, max_retries=1),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE, exit_code=3, cleaned_up=True),
-        None,
-        [d.ScheduleRetry],
-        "backoff",
+        "running, host unreachable past the deadline: lost",
+        job(J.RUNNING, timeout_seconds=60),
+        attempt(started_at=NOW - timedelta(seconds=400)),
+        d.Facts(observe_error="connection refused"),
+        (d.FinishAttempt, X.FAILED, R.LOST, J.FAILED),
+    ),
+    # a backend that provisions before it starts, and enforces the timeout itself (Cloud Run)
+    (
+        "accepted, not started: the timeout does not run yet",
+        job(J.LAUNCHING, timeout_seconds=5),
+        attempt(X.LAUNCHING, launched=True, created_at=NOW - timedelta(seconds=100)),
+        seen(ContainerState.RUNNING),
+        (RequeueAfter, 30.0),
     ),
     (
-        "attempt failed, no retries left: job failed",
-        job(JobStatus.RUNNING, max_retries=0),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE, exit_code=3, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
+        "accepted, not started, polled backend",
+        job(J.LAUNCHING),
+        attempt(X.LAUNCHING, launched=True),
+        replace(seen(ContainerState.RUNNING), poll_interval=5.0),
+        (RequeueAfter, 5.0),
     ),
     (
-        "attempt failed for a reason not retried",
-        job(JobStatus.RUNNING, max_retries=3, retry_on=frozenset({Reason.OOM})),
-        attempt(ExecutionStatus.FAILED, reason=Reason.EXIT_CODE, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
+        "accepted, not started past the launch deadline: stop it",
+        job(J.LAUNCHING),
+        attempt(X.LAUNCHING, launched=True, created_at=NOW - timedelta(seconds=301)),
+        seen(ContainerState.RUNNING),
+        (d.Stop, R.LAUNCH_ERROR),
     ),
     (
-        "timeout is not retried by default",
-        job(JobStatus.RUNNING, max_retries=3),
-        attempt(ExecutionStatus.TIMEOUT, reason=Reason.TIMEOUT, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
+        "accepted, not started, cancel requested: stop it",
+        job(J.LAUNCHING, cancel_requested=True),
+        attempt(X.LAUNCHING, launched=True),
+        seen(ContainerState.RUNNING),
+        (d.Stop, R.CANCELLED),
+    ),
+    (
+        "stopped because it never started: launch error",
+        job(J.LAUNCHING),
+        attempt(X.LAUNCHING, launched=True, created_at=NOW - timedelta(seconds=301)),
+        replace(exited(None), stopped_for=R.LAUNCH_ERROR),
+        (d.FinishAttempt, X.FAILED, R.LAUNCH_ERROR, J.FAILED),
+    ),
+    (
+        "the backend enforces the timeout: ours is a backstop after the slack",
+        job(J.RUNNING, timeout_seconds=5),
+        attempt(),
+        replace(RUNNING, backend_enforces_timeout=True),
+        (RequeueAfter, 30.0),
+    ),
+    (
+        "the backend enforces the timeout, past the slack: stop",
+        job(J.RUNNING, timeout_seconds=5),
+        attempt(started_at=NOW - timedelta(seconds=70)),
+        replace(RUNNING, backend_enforces_timeout=True),
+        (d.Stop, R.TIMEOUT),
+    ),
+    (
+        "the backend enforces the timeout, within the slack: wait for its report",
+        job(J.RUNNING, timeout_seconds=5),
+        attempt(started_at=NOW - timedelta(seconds=50)),
+        replace(RUNNING, backend_enforces_timeout=True),
+        (RequeueAfter, 15.0),
+    ),
+    # exits
+    ("exit 0", job(J.RUNNING), attempt(), exited(0), (d.FinishAttempt, X.COMPLETED, R.NONE, J.COMPLETED)),
+    ("exit 3", job(J.RUNNING), attempt(), exited(3), (d.FinishAttempt, X.FAILED, R.EXIT_CODE, J.FAILED)),
+    (
+        "exit 3 with retries left",
+        job(J.RUNNING, max_retries=1),
+        attempt(),
+        exited(3),
+        (d.FinishAttempt, X.FAILED, R.EXIT_CODE, J.RETRYING),
+    ),
+    (
+        "exit without a code (a backend that reports none): failed, never completed",
+        job(J.RUNNING),
+        attempt(),
+        exited(None, error="the task failed"),
+        (d.FinishAttempt, X.FAILED, R.EXIT_CODE, J.FAILED),
+    ),
+    (
+        "OOM kill",
+        job(J.RUNNING),
+        attempt(),
+        exited(137, oom_killed=True),
+        (d.FinishAttempt, X.FAILED, R.OOM, J.FAILED),
+    ),
+    (
+        "OOM reported as a hint",
+        job(J.RUNNING),
+        attempt(),
+        exited(137, reason_hint="oom"),
+        (d.FinishAttempt, X.FAILED, R.OOM, J.FAILED),
+    ),
+    (
+        "timeout hint from the backend",
+        job(J.RUNNING, max_retries=3),
+        attempt(),
+        exited(1, reason_hint="timeout"),
+        (d.FinishAttempt, X.TIMEOUT, R.TIMEOUT, J.TIMEOUT),
+    ),
+    (
+        "stopped for the timeout: timeout even with exit 0",
+        job(J.RUNNING),
+        attempt(),
+        replace(exited(0), stopped_for=R.TIMEOUT),
+        (d.FinishAttempt, X.TIMEOUT, R.TIMEOUT, J.TIMEOUT),
+    ),
+    (
+        "stopped for a cancel: cancelled, never retried",
+        job(J.RUNNING, cancel_requested=True, max_retries=3),
+        attempt(),
+        replace(exited(143), stopped_for=R.CANCELLED),
+        (d.FinishAttempt, X.CANCELLED, R.CANCELLED, J.CANCELLED),
     ),
     (
         "timeout retried when asked",
-        job(JobStatus.RUNNING, max_retries=3, retry_on=frozenset({Reason.TIMEOUT})),
-        attempt(ExecutionStatus.TIMEOUT, reason=Reason.TIMEOUT, cleaned_up=True),
-        None,
-        [d.ScheduleRetry],
-        "backoff",
+        job(J.RUNNING, max_retries=3, retry_on=frozenset({R.TIMEOUT})),
+        attempt(),
+        replace(exited(143), stopped_for=R.TIMEOUT),
+        (d.FinishAttempt, X.TIMEOUT, R.TIMEOUT, J.RETRYING),
     ),
     (
-        "attempt cancelled: job cancelled, never retried",
-        job(JobStatus.RUNNING, max_retries=3),
-        attempt(ExecutionStatus.CANCELLED, reason=Reason.CANCELLED, cleaned_up=True),
-        None,
-        [d.FinishJob],
-        None,
+        "failed for a reason not retried",
+        job(J.RUNNING, max_retries=3, retry_on=frozenset({R.OOM})),
+        attempt(),
+        exited(3),
+        (d.FinishAttempt, X.FAILED, R.EXIT_CODE, J.FAILED),
+    ),
+    # attempt recorded, job not moved with it (rows of an older version)
+    (
+        "attempt completed: job completed",
+        job(J.RUNNING),
+        attempt(X.COMPLETED, exit_code=0),
+        NO_FACTS,
+        (d.SettleJob, J.COMPLETED, R.NONE),
     ),
     (
-        "attempt over, container not removed: record the outcome, then remove",
-        job(JobStatus.RUNNING),
-        attempt(ExecutionStatus.COMPLETED, exit_code=0),
-        None,
-        [d.FinishJob, d.Cleanup],
-        None,
+        "attempt failed, retries left: retrying",
+        job(J.RUNNING, max_retries=1),
+        attempt(X.FAILED, reason=R.EXIT_CODE, exit_code=3),
+        NO_FACTS,
+        (d.SettleJob, J.RETRYING, R.EXIT_CODE),
     ),
-    (
-        "missing attempt row for a live job",
-        job(JobStatus.RUNNING),
-        None,
-        None,
-        [d.FinishJob],
-        None,
-    ),
+    ("missing attempt row for a live job", job(J.RUNNING), None, NO_FACTS, (d.SettleJob, J.FAILED, R.LOST)),
     # terminal
+    ("terminal: nothing", job(J.COMPLETED), attempt(X.COMPLETED, cleaned_up=True), NO_FACTS, (Done,)),
     (
-        "terminal and clean: nothing",
-        job(JobStatus.COMPLETED),
-        attempt(ExecutionStatus.COMPLETED, cleaned_up=True),
-        None,
-        [],
-        None,
+        "terminal, container left: nothing on the job's path",
+        job(J.FAILED),
+        attempt(X.FAILED),
+        NO_FACTS,
+        (Done,),
     ),
-    (
-        "terminal, container left: cleanup",
-        job(JobStatus.FAILED),
-        attempt(ExecutionStatus.FAILED),
-        None,
-        [d.Cleanup],
-        None,
-    ),
-    ("cancelled before any attempt", job(JobStatus.CANCELLED), None, None, [], None),
+    ("cancelled before any attempt", job(J.CANCELLED), None, NO_FACTS, (Done,)),
 ]
 
 
-@pytest.mark.parametrize(("case", "j", "a", "o", "expected", "requeue"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("case", "j", "a", "facts", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_decide_table(
-    case: str,
-    j: d.JobView,
-    a: d.AttemptView | None,
-    o: Observed | None,
-    expected: list[type],
-    requeue: object,
+    case: str, j: d.JobView, a: d.AttemptView | None, facts: d.Facts, expected: tuple[object, ...]
 ) -> None:
-    plan = d.decide(j, a, o, NOW, POLICY)
-    assert kinds(plan) == expected
-    if requeue == "backoff":
-        assert plan.requeue_after is not None and plan.requeue_after > 0
-    else:
-        assert plan.requeue_after == requeue
+    assert shape(d.decide(j, a, facts, NOW, POLICY)) == expected
 
 
-def only(plan: d.Plan, kind: type) -> object:
-    matches = [a for a in plan.actions if isinstance(a, kind)]
-    assert len(matches) == 1
-    return matches[0]
+def finish(decision: d.Decision) -> d.FinishAttempt:
+    assert isinstance(decision, d.FinishAttempt), decision
+    return decision
 
 
 @pytest.mark.parametrize(
-    ("observed", "status", "reason"),
+    ("facts", "status", "reason"),
     [
-        (exited(0), ExecutionStatus.COMPLETED, Reason.NONE),
-        (exited(3), ExecutionStatus.FAILED, Reason.EXIT_CODE),
-        (exited(137, oom_killed=True), ExecutionStatus.FAILED, Reason.OOM),
-        (exited(1, reason_hint="timeout"), ExecutionStatus.TIMEOUT, Reason.TIMEOUT),
-        (exited(1, reason_hint="cancelled"), ExecutionStatus.CANCELLED, Reason.CANCELLED),
+        (exited(0), X.COMPLETED, R.NONE),
+        (exited(3), X.FAILED, R.EXIT_CODE),
+        (exited(137, oom_killed=True), X.FAILED, R.OOM),
+        (exited(1, reason_hint="timeout"), X.TIMEOUT, R.TIMEOUT),
+        (exited(1, reason_hint="cancelled"), X.CANCELLED, R.CANCELLED),
     ],
 )
-def test_exit_classification(observed: Observed, status: ExecutionStatus, reason: Reason) -> None:
-    finish = only(d.decide(job(JobStatus.RUNNING), attempt(), observed, NOW, POLICY), d.FinishAttempt)
-    assert isinstance(finish, d.FinishAttempt)
-    assert (finish.status, finish.reason, finish.exit_code) == (status, reason, observed.exit_code)
-    assert finish.capture_logs, "logs must be read before the container is removed"
-    assert finish.finished_at == observed.finished_at
+def test_exit_classification_keeps_the_facts(facts: d.Facts, status: ExecutionStatus, reason: Reason) -> None:
+    end = finish(d.decide(job(J.RUNNING), attempt(), facts, NOW, POLICY))
+    assert facts.observed is not None
+    assert (end.status, end.reason, end.exit_code) == (status, reason, facts.observed.exit_code)
+    assert end.capture_logs, "logs must be read before the container is removed"
+    assert end.finished_at == facts.observed.finished_at
+    assert end.started_at == NOW - timedelta(seconds=10)
 
 
 def test_exit_after_deadline_with_error_is_a_timeout() -> None:
-    """A daemon killed between Stop and FinishAttempt still records the timeout on restart."""
+    """A daemon killed between Stop and recording still records the timeout on restart."""
     late = seen(
         ContainerState.EXITED,
         exit_code=143,
         started_at=NOW - timedelta(seconds=100),
         finished_at=NOW - timedelta(seconds=30),
     )
-    j = job(JobStatus.RUNNING, timeout_seconds=60)
+    j = job(J.RUNNING, timeout_seconds=60)
     a = attempt(started_at=NOW - timedelta(seconds=100))
-    finish = only(d.decide(j, a, late, NOW, POLICY), d.FinishAttempt)
-    assert isinstance(finish, d.FinishAttempt)
-    assert finish.reason is Reason.TIMEOUT
+    assert finish(d.decide(j, a, late, NOW, POLICY)).reason is R.TIMEOUT
 
 
 def test_exit_after_cancel_request_is_cancelled_unless_it_succeeded() -> None:
-    j = job(JobStatus.RUNNING, cancel_requested=True)
-    stopped = only(d.decide(j, attempt(), exited(143), NOW, POLICY), d.FinishAttempt)
-    finished = only(d.decide(j, attempt(), exited(0), NOW, POLICY), d.FinishAttempt)
-    assert isinstance(stopped, d.FinishAttempt) and isinstance(finished, d.FinishAttempt)
-    assert stopped.status is ExecutionStatus.CANCELLED
-    assert finished.status is ExecutionStatus.COMPLETED
+    j = job(J.RUNNING, cancel_requested=True)
+    assert finish(d.decide(j, attempt(), exited(143), NOW, POLICY)).status is X.CANCELLED
+    assert finish(d.decide(j, attempt(), exited(0), NOW, POLICY)).status is X.COMPLETED
+
+
+def test_messages_say_what_happened() -> None:
+    assert finish(d.decide(job(J.RUNNING), attempt(), exited(3), NOW, POLICY)).message == "exited with code 3"
+    no_code = finish(d.decide(job(J.RUNNING), attempt(), exited(None, error="task failed"), NOW, POLICY))
+    assert no_code.message == "failed without an exit code: task failed"
+    refused = finish(
+        d.decide(job(J.LAUNCHING), LAUNCHING_FRESH, d.Facts(launch_refused="no image"), NOW, POLICY)
+    )
+    assert refused.message == "launch refused: no image" and not refused.capture_logs
 
 
 def test_stop_uses_policy_grace() -> None:
-    plan = d.decide(job(JobStatus.RUNNING, cancel_requested=True), attempt(), RUNNING_OBS, NOW, POLICY)
-    stop = only(plan, d.Stop)
+    stop = d.decide(job(J.RUNNING, cancel_requested=True), attempt(), RUNNING, NOW, POLICY)
     assert isinstance(stop, d.Stop) and stop.grace_seconds == 7
 
 
-def test_lost_container_is_not_success() -> None:
-    finish = only(
-        d.decide(job(JobStatus.RUNNING), attempt(), seen(ContainerState.NOT_FOUND), NOW, POLICY),
-        d.FinishAttempt,
-    )
-    assert isinstance(finish, d.FinishAttempt)
-    assert (finish.status, finish.reason) == (ExecutionStatus.FAILED, Reason.LOST)
-    assert not finish.capture_logs
-
-
-def test_start_attempt_numbers_follow_attempts() -> None:
-    plan = d.decide(
-        job(JobStatus.RETRYING, attempts=2, max_retries=5),
-        attempt(ExecutionStatus.FAILED, attempt=2, cleaned_up=True),
-        None,
-        NOW,
-        POLICY,
-    )
-    start = only(plan, d.StartAttempt)
-    assert isinstance(start, d.StartAttempt) and start.attempt == 3
-
-
-def test_never_more_attempts_than_allowed() -> None:
-    plan = d.decide(
-        job(JobStatus.RETRYING, attempts=3, max_retries=2),
-        attempt(ExecutionStatus.FAILED, attempt=3, cleaned_up=True),
-        None,
-        NOW,
-        POLICY,
-    )
-    assert kinds(plan) == [d.FinishJob]
+def test_lost_container_keeps_no_logs() -> None:
+    end = finish(d.decide(job(J.RUNNING), attempt(), seen(ContainerState.NOT_FOUND), NOW, POLICY))
+    assert (end.status, end.reason, end.capture_logs) == (X.FAILED, R.LOST, False)
 
 
 def test_retry_time_is_backoff_from_now() -> None:
-    j = job(JobStatus.RUNNING, max_retries=3, retry_backoff_seconds=10, retry_backoff_max_seconds=1000)
-    plan = d.decide(
-        j, attempt(ExecutionStatus.FAILED, reason=Reason.OOM, attempt=1, cleaned_up=True), None, NOW, POLICY
-    )
-    retry = only(plan, d.ScheduleRetry)
-    assert isinstance(retry, d.ScheduleRetry)
-    delay = (retry.retry_at - NOW).total_seconds()
-    assert 5 <= delay <= 10
-    assert plan.requeue_after == pytest.approx(delay)
+    j = job(J.RUNNING, max_retries=3, retry_backoff_seconds=10, retry_backoff_max_seconds=1000)
+    end = finish(d.decide(j, attempt(), exited(137, oom_killed=True), NOW, POLICY))
+    assert end.job.status is J.RETRYING and end.job.retry_at is not None
+    assert 5 <= (end.job.retry_at - NOW).total_seconds() <= 10
 
 
 def test_backoff_grows_is_capped_and_deterministic() -> None:
@@ -437,25 +508,46 @@ def test_backoff_grows_is_capped_and_deterministic() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("base", "cap"),
+    [(1e12, 1e12), (float("inf"), float("inf")), (float("nan"), 5.0), (-5.0, 10.0), (5.0, -1.0)],
+)
+def test_backoff_of_absurd_rows_stays_computable(base: float, cap: float) -> None:
+    for attempt_no in (1, 2, 20, 10_000):
+        delay = d.backoff_seconds(1, attempt_no, base, cap)
+        assert 0 <= delay <= d.MAX_BACKOFF_SECONDS
+        assert NOW + timedelta(seconds=delay) >= NOW
+
+
 def test_live_attempt_without_observation_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
-        d.decide(job(JobStatus.RUNNING), attempt(), None, NOW, POLICY)
+        d.decide(job(J.RUNNING), attempt(), NO_FACTS, NOW, POLICY)
 
 
 @pytest.mark.parametrize("status", list(JobStatus))
-def test_needs_observation_only_for_live_attempts(status: JobStatus) -> None:
-    a = attempt(ExecutionStatus.RUNNING)
+def test_needs_observation_only_for_launched_live_attempts(status: JobStatus) -> None:
     j = job(status, attempts=1)
-    assert d.needs_observation(j, a) == (status in (JobStatus.LAUNCHING, JobStatus.RUNNING))
-    assert not d.needs_observation(j, attempt(ExecutionStatus.COMPLETED))
-
-
-def test_decide_is_pure_same_inputs_same_plan() -> None:
-    args = (
-        job(JobStatus.RUNNING, max_retries=2),
-        attempt(ExecutionStatus.FAILED, reason=Reason.LOST, cleaned_up=True),
-        None,
-        NOW,
-        POLICY,
+    assert d.needs_observation(j, attempt(X.RUNNING)) == (status in (J.LAUNCHING, J.RUNNING))
+    assert not d.needs_observation(j, attempt(X.COMPLETED))
+    assert not d.needs_observation(j, attempt(X.LAUNCHING)), (
+        "an unlaunched attempt is launched, not inspected"
     )
-    assert d.decide(*args) == d.decide(*args)
+
+
+@pytest.mark.parametrize(
+    ("a", "expected"),
+    [
+        (None, False),
+        (attempt(X.RUNNING), False),
+        (attempt(X.LAUNCHING), False),
+        (attempt(X.COMPLETED), True),
+        (attempt(X.FAILED, cleaned_up=True), False),
+    ],
+)
+def test_needs_cleanup_once_the_attempt_is_recorded(a: d.AttemptView | None, expected: bool) -> None:
+    assert d.needs_cleanup(a) is expected
+
+
+def test_decide_is_pure_same_inputs_same_decision() -> None:
+    args = (job(J.RUNNING, max_retries=2), attempt(), exited(3), NOW, POLICY)
+    assert d.decide(*args) == d.decide(*args)  # type: ignore[arg-type]

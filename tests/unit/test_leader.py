@@ -371,6 +371,8 @@ def test_the_daemon_works_only_while_it_leads_and_exits_75_when_it_loses(monkeyp
         assert daemon.is_leader()
         slow = ContainerJob.objects.create(image="busybox", command="hang", memory_limit=64)
         assert _wait(lambda: ContainerJob.objects.get(pk=slow.pk).status == "running")
+        # The finished job's container goes in the next cleanup batch.
+        assert _wait(lambda: len(mock.list_managed("default")) == 1)
 
         switch.was_lost = True
         thread.join(10)

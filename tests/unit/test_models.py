@@ -412,7 +412,7 @@ def test_reprs_never_show_secret_values() -> None:
         name="t", environment_variables_text="DB_PASSWORD=hunter2\nLOG_LEVEL=INFO"
     )
     job = _job(environment_template=template, override_environment="API_TOKEN=hunter3")
-    spec = build_spec(job, 1, "cm-x-1-1", get_policy())
+    spec = build_spec(job, 1, get_policy())
     for text in (repr(template), str(template), repr(job), str(job), repr(spec), str(spec)):
         assert "hunter2" not in text and "hunter3" not in text
     assert "DB_PASSWORD" in repr(template) and "API_TOKEN" in repr(spec)

@@ -206,16 +206,16 @@ def test_reconciler_state_machine() -> None:
 
 def test_machine_catches_a_broken_invariant(monkeypatch: Any, db: Any) -> None:
     """The machine is able to fail: a reconciler that forgets write-ahead is caught."""
-    import reconciler.step as step
+    import reconciler.claim as claim
 
-    original = step.ContainerExecution.objects.create
+    original = claim.ContainerExecution.objects.bulk_create
 
-    def create_without_row(**kwargs: Any) -> Any:
-        row = original(**kwargs)
-        row.delete()
-        return row
+    def create_without_rows(rows: Any, *args: Any, **kwargs: Any) -> Any:
+        created = original(rows, *args, **kwargs)
+        claim.ContainerExecution.objects.filter(pk__in=[row.pk for row in created]).delete()
+        return created
 
-    monkeypatch.setattr(step.ContainerExecution.objects, "create", create_without_row)
+    monkeypatch.setattr(claim.ContainerExecution.objects, "bulk_create", create_without_rows)
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
             ReconcilerMachine,
@@ -224,5 +224,6 @@ def test_machine_catches_a_broken_invariant(monkeypatch: Any, db: Any) -> None:
                 stateful_step_count=15,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
+                report_multiple_bugs=False,
             ),
         )

@@ -14,9 +14,15 @@ from container_manager.states import ExecutionStatus, JobStatus, Reason
 from container_manager.transitions import Fenced, set_fence
 from executors.mock import Fault, MockExecutor
 from executors.types import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, LABEL_MANAGED, ContainerSpec
+from reconciler.outcome import Outcome, RequeueAfter
 from reconciler.step import Reconciler
 
 pytestmark = pytest.mark.django_db
+
+
+def wait_of(outcome: Outcome) -> float | None:
+    """Seconds until the step wants to look again; None when it waits for a hint."""
+    return outcome.seconds if isinstance(outcome, RequeueAfter) else None
 
 
 class World:
@@ -61,7 +67,7 @@ def test_success_runs_records_output_and_removes_container(
 ) -> None:
     job = make_job(host, "sh -c 'echo hello; stderr oops; sleep 5'")
     r = world.reconciler()
-    delay = r.reconcile(job.pk)
+    delay = wait_of(r.reconcile(job.pk))
     assert reload(job).status == JobStatus.RUNNING
     assert delay is not None and 0 < delay <= 30
     mock = world.executors[host.pk]
@@ -104,7 +110,7 @@ def test_timeout_stops_keeps_logs_and_is_not_retried(world: World, host: Executo
     r = world.reconciler()
     r.reconcile(job.pk)
     clock.advance(5)
-    assert r.reconcile(job.pk) == pytest.approx(5)
+    assert wait_of(r.reconcile(job.pk)) == pytest.approx(5)
     clock.advance(6)
     r.reconcile(job.pk)
     job = reload(job)
@@ -141,7 +147,7 @@ def test_retry_with_backoff_then_success(world: World, host: ExecutorHost, clock
     mock = world.executor_for(host)
     mock.inject(Fault.EXIT, match="*-1", exit_code=2)
     r = world.reconciler()
-    delay = r.reconcile(job.pk)
+    delay = wait_of(r.reconcile(job.pk))
     job = reload(job)
     assert (job.status, job.attempts, job.exit_code) == (JobStatus.RETRYING, 1, 2)
     assert delay is not None and 5 <= delay <= 10
@@ -171,7 +177,7 @@ def test_transient_launch_error_retries_the_same_attempt(world: World, host: Exe
     mock = world.executor_for(host)
     mock.inject(Fault.LAUNCH_UNAVAILABLE)
     r = world.reconciler()
-    assert r.reconcile(job.pk) == 2.0
+    assert wait_of(r.reconcile(job.pk)) == 2.0
     assert reload(job).status == JobStatus.LAUNCHING
     r.reconcile(job.pk)
     job = reload(job)
@@ -179,13 +185,28 @@ def test_transient_launch_error_retries_the_same_attempt(world: World, host: Exe
     assert len(mock.created) == 1
 
 
-def test_permanent_launch_error_fails_the_attempt(world: World, host: ExecutorHost) -> None:
-    job = make_job(host)
-    world.executor_for(host).inject(Fault.LAUNCH_INVALID)
+def test_permanent_launch_error_fails_at_once_without_burning_retries(
+    world: World, host: ExecutorHost
+) -> None:
+    job = make_job(host, max_retries=3)
+    mock = world.executor_for(host)
+    mock.inject(Fault.LAUNCH_INVALID, times=None)
     world.reconciler().reconcile(job.pk)
     job = reload(job)
-    assert (job.status, job.failure_reason) == (JobStatus.FAILED, Reason.LAUNCH_ERROR)
-    assert "launch failed" in job.status_message
+    assert (job.status, job.failure_reason, job.attempts) == (JobStatus.FAILED, Reason.LAUNCH_REFUSED, 1)
+    assert job.status_message.startswith("launch refused: ")
+
+
+def test_permanent_launch_error_is_retried_when_asked(world: World, host: ExecutorHost, clock: Any) -> None:
+    job = make_job(host, max_retries=1, retry_on="launch_refused", retry_backoff_seconds=1)
+    world.executor_for(host).inject(Fault.LAUNCH_INVALID)
+    r = world.reconciler()
+    r.reconcile(job.pk)
+    assert reload(job).status == JobStatus.RETRYING
+    clock.advance(2)
+    r.reconcile(job.pk)
+    job = reload(job)
+    assert (job.status, job.attempts) == (JobStatus.COMPLETED, 2)
 
 
 def test_launch_keeps_failing_until_deadline(world: World, host: ExecutorHost, clock: Any) -> None:
@@ -275,7 +296,7 @@ def test_pinned_job_waits_for_its_inactive_host(world: World, host: ExecutorHost
     job = make_job(host)
     ExecutorHost.objects.filter(pk=host.pk).update(is_active=False)
     ExecutorHost.objects.create(name="other", executor_type="mock")
-    assert world.reconciler().reconcile(job.pk) == 5.0
+    assert wait_of(world.reconciler().reconcile(job.pk)) == 5.0
     assert reload(job).status == JobStatus.PENDING
 
 
@@ -436,7 +457,7 @@ def test_query_count_of_a_step_does_not_grow_with_history(
     for _ in range(60):
         run_one()
     assert run_one() == before
-    assert before[1] == 2, "observing a running job reads the job row and its attempt, nothing else"
+    assert before[1] == 1, "observing a running job reads the job row with its attempt: one query"
 
 
 class PolledMock(MockExecutor):
@@ -450,10 +471,12 @@ def test_backends_without_events_are_polled(host: ExecutorHost, clock: Any) -> N
     polled = PolledMock("polled", clock=clock)
     r = Reconciler(actor="test", executor_for=lambda h: polled, clock=clock)
     job = make_job(host, "sleep 100", timeout_seconds=3600)
-    assert r.reconcile(job.pk) == 2.0
+    assert wait_of(r.reconcile(job.pk)) == 2.0
     pushing = World(clock)
     job2 = make_job(host, "sleep 100", timeout_seconds=3600)
-    assert pushing.reconciler().reconcile(job2.pk) == 30.0, "with events, the resync interval is enough"
+    assert wait_of(pushing.reconciler().reconcile(job2.pk)) == 30.0, (
+        "with events, the resync interval is enough"
+    )
 
 
 def test_log_context_carries_attempt_and_host_during_the_step_only(host: ExecutorHost, clock: Any) -> None:
@@ -473,3 +496,66 @@ def test_log_context_carries_attempt_and_host_during_the_step_only(host: Executo
     r.reconcile(job.pk)
     assert seen and seen[-1]["attempt"] == 1 and seen[-1]["host"] == "mock-a"
     assert "attempt" not in structlog.contextvars.get_contextvars()
+
+
+def test_a_row_of_the_wrong_type_written_by_sql_fails_instead_of_wedging(
+    world: World, host: ExecutorHost
+) -> None:
+    """SQLite stores 'abc' in an integer column; PostgreSQL refuses it at the INSERT."""
+    from django.db import DataError, transaction
+
+    insert = "INSERT INTO container_manager_containerjob (image, command, memory_limit) VALUES (%s, %s, %s)"
+    if connection.vendor == "postgresql":
+        with pytest.raises(DataError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(insert, ["busybox", "echo hi", "abc"])
+        assert not ContainerJob.objects.exists()
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(insert, ["busybox", "echo hi", "abc"])
+    job_id = ContainerJob.objects.values_list("pk", flat=True).get()
+    world.reconciler().reconcile(job_id)
+    status, reason, message = ContainerJob.objects.values_list(
+        "status", "failure_reason", "status_message"
+    ).get()
+    assert (status, reason) == (JobStatus.FAILED, Reason.INVALID_SPEC)
+    assert "memory_limit" in message
+    assert world.executors.get(host.pk) is None or world.executors[host.pk].created == []
+
+
+def test_a_host_capacity_raised_by_sql_is_still_capped(world: World, settings: Any) -> None:
+    settings.CONTAINER_MANAGER = {"MAX_CONCURRENT_JOBS_CAP": 2, "DEFAULT_MAX_CONCURRENT_JOBS": 2}
+    big = ExecutorHost.objects.create(name="big", executor_type="mock", max_concurrent_jobs=2)
+    ExecutorHost.objects.filter(pk=big.pk).update(max_concurrent_jobs=1000)
+    jobs = [make_job(None, "sleep 10") for _ in range(4)]
+    r = world.reconciler()
+    for job in jobs:
+        r.reconcile(job.pk)
+    assert sorted(reload(j).status for j in jobs) == ["pending", "pending", "running", "running"]
+
+
+def test_a_pinned_job_waits_while_its_host_is_unhealthy(world: World, host: ExecutorHost) -> None:
+    job = make_job(host)
+    ExecutorHost.objects.filter(pk=host.pk).update(health_status="unhealthy")
+    r = world.reconciler()
+    assert wait_of(r.reconcile(job.pk)) == 5.0
+    assert reload(job).status == JobStatus.PENDING, "no attempt is used up on a broken host"
+    ExecutorHost.objects.filter(pk=host.pk).update(health_status="healthy")
+    r.reconcile(job.pk)
+    assert (reload(job).status, reload(job).attempts) == (JobStatus.COMPLETED, 1)
+
+
+def test_a_launching_job_on_a_host_gone_down_fails_at_the_launch_deadline(
+    world: World, host: ExecutorHost, clock: Any
+) -> None:
+    """Nothing answers, so nothing can be inspected: the deadline is still enforced."""
+    job = make_job(host, max_retries=0)
+    mock = world.executor_for(host)
+    mock.healthy = False
+    r = world.reconciler()
+    assert wait_of(r.reconcile(job.pk)) == 2.0
+    assert reload(job).status == JobStatus.LAUNCHING
+    clock.advance(r.policy.launch_deadline_seconds + 1)
+    r.reconcile(job.pk)
+    job = reload(job)
+    assert (job.status, job.failure_reason) == (JobStatus.FAILED, Reason.LAUNCH_ERROR)
+    assert "mock host mock-a is down" in job.status_message

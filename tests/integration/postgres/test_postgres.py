@@ -100,11 +100,38 @@ def test_notify_wakes_the_daemon_for_rows_inserted_by_sql(running: Callable[[Dae
 def test_cancel_by_sql_update_is_noticed(running: Callable[[Daemon], None]) -> None:
     ExecutorHost.objects.create(name="mock-c", executor_type="mock")
     running(Daemon(daemon_options(workers=2, poll_seconds=30, resync_seconds=30)))
+    time.sleep(0.5)  # let the listener connect
     job = ContainerJob.objects.create(image="busybox", command="hang", memory_limit=64)
-    notify.notify_job(job.pk)  # created before the listener's first poll: wake it explicitly
     assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "running", timeout=10)
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE container_manager_containerjob SET cancel_requested_at = now() WHERE id = %s", [job.pk]
         )
     assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "cancelled", timeout=10)
+
+
+def test_notifications_say_whether_a_row_is_new_or_changed() -> None:
+    """INSERT asks for a claim; a cancel request names the one job to look at (payload kinds)."""
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    listener = psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict.get("USER") or None,
+        host=settings_dict.get("HOST") or None,
+        port=str(settings_dict.get("PORT") or "") or None,
+        autocommit=True,
+    )
+    try:
+        listener.execute(f"LISTEN {notify.CHANNEL}")
+        job = ContainerJob.objects.create(image="busybox", command="hang", memory_limit=64)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE container_manager_containerjob SET cancel_requested_at = now() WHERE id = %s",
+                [job.pk],
+            )
+        payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+    finally:
+        listener.close()
+    assert payloads == [f"INSERT:{job.pk}", f"UPDATE:{job.pk}"]
+    assert [notify.parse(p) for p in payloads] == [(notify.NEW, job.pk), (notify.CHANGED, job.pk)]

@@ -1,0 +1,135 @@
+"""Claiming waiting jobs in batches: a handful of statements for many jobs.
+
+When slots are free, ``claim_due`` locks the candidate hosts (with their live attempts counted),
+takes due jobs in claim order (priority, then age; rows other claimers hold are skipped), lets
+``decide()`` judge each one (a row that breaks a rule fails with ``invalid_spec``, a cancelled
+one ends), places the rest with ``hosts.assign`` and writes every claim at once: one UPDATE of
+the jobs, one INSERT of their attempt rows (the write-ahead record, with the container names)
+and one INSERT of their history. The daemon runs it as a key of its own in the work queue, so
+a burst of new rows costs a few statements instead of a step per row, and the claimed jobs go
+to the workers with their snapshots (nothing is read back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from django.db import connection, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+
+from container_manager.conf import Policy
+from container_manager.models import ContainerExecution, ContainerJob
+from container_manager.states import ExecutionStatus, JobStatus
+from container_manager.transitions import Move, check_fence, transition_many
+from executors.types import ContainerSpec
+from reconciler import decide as d
+from reconciler import record
+from reconciler.hosts import assign, lock_hosts
+from reconciler.snapshot import Snapshot, job_view
+from reconciler.spec import spec_or_problem
+
+log = structlog.get_logger("reconciler")
+
+
+@dataclass
+class Claimed:
+    #: the jobs claimed, each with its new attempt row and spec.
+    snapshots: list[Snapshot] = field(default_factory=list)
+    #: jobs ended instead of claimed (cancelled, an invalid row, no attempts left).
+    settled: list[int] = field(default_factory=list)
+    #: more due jobs may be claimable now (the batch was full, or some could not be placed).
+    more: bool = False
+
+
+def claim_due(
+    *,
+    actor: str,
+    policy: Policy,
+    decide_policy: d.DecidePolicy,
+    now: datetime,
+    limit: int,
+    host_names: Collection[str] | None = None,
+    job_ids: Collection[int] | None = None,
+) -> Claimed:
+    """Claim up to ``limit`` due jobs (all due ones, or only ``job_ids``) onto hosts with free slots."""
+    result = Claimed()
+    with transaction.atomic():
+        check_fence()
+        hosts = lock_hosts(policy, host_names)
+        slots = [s for _, s in hosts]
+        open_hosts = [s.pk for s in slots if s.free > 0]
+        if not open_hosts:
+            return result
+        due = ContainerJob.objects.due(now).select_related("environment_template")
+        due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True))
+        if job_ids is not None:
+            due = due.filter(pk__in=list(job_ids))
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        size = min(limit, sum(s.free for s in slots))
+        rows = list(due[:size])
+        result.more = len(rows) == size
+        candidates: list[tuple[ContainerJob, ContainerSpec]] = []
+        for job in rows:
+            spec, problem = spec_or_problem(job, job.attempts + 1, policy)
+            decision = d.decide(
+                job_view(job, policy), None, d.Facts(spec_problem=problem), now, decide_policy
+            )
+            if isinstance(decision, d.SettleJob):
+                if record.settle_job(Snapshot(job, None), decision.outcome, actor=actor, now=now):
+                    result.settled.append(job.pk)
+                    log.warning(
+                        "job ended before a claim", job_id=job.pk, reason=decision.outcome.reason.value
+                    )
+            elif isinstance(decision, d.StartAttempt) and spec is not None:
+                candidates.append((job, spec))
+        placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
+        result.more = result.more or len(placed) < len(candidates)
+        by_pk = {host.pk: host for host, _ in hosts}
+        chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
+        if not chosen:
+            return result
+        moves = [
+            Move(
+                job.pk, JobStatus(job.status), job.attempts + 1, f"attempt {job.attempts + 1} on {host.name}"
+            )
+            for job, _, host in chosen
+        ]
+        limits = {
+            "attempts": F("attempts") + 1,
+            "memory_limit": Coalesce(F("memory_limit"), Value(policy.default_memory_mb)),
+            "cpu_limit": Coalesce(F("cpu_limit"), Value(policy.default_cpu)),
+            "timeout_seconds": Coalesce(F("timeout_seconds"), Value(policy.default_timeout_seconds)),
+        }
+        if not transition_many(
+            moves, JobStatus.LAUNCHING, actor=actor, fields=limits, now=now, savepoint=False
+        ):
+            # Rows are locked (PostgreSQL) or writes serialised (SQLite): only a bug gets here.
+            raise RuntimeError("a claimed job changed under its lock")
+        executions = ContainerExecution.objects.bulk_create(
+            ContainerExecution(
+                job_id=job.pk,
+                attempt=job.attempts + 1,
+                executor_host=host,
+                host_name=host.name,
+                executor_type=host.executor_type,
+                container_name=spec.name,
+                status=ExecutionStatus.LAUNCHING.value,
+                created_at=now,
+            )
+            for job, spec, host in chosen
+        )
+    for (job, spec, _host), execution in zip(chosen, executions, strict=True):
+        job.status = JobStatus.LAUNCHING.value
+        job.attempts += 1
+        job.updated_at = now
+        job.memory_limit = spec.memory_mb
+        job.cpu_limit = spec.cpu
+        job.timeout_seconds = spec.timeout_seconds
+        result.snapshots.append(Snapshot(job, execution, spec))
+        log.info("attempt claimed", job_id=job.pk, attempt=job.attempts, host=execution.host_name)
+    return result
