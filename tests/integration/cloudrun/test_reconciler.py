@@ -11,7 +11,7 @@ from container_manager.models import ContainerJob, ExecutorHost
 from executors import registry
 from executors.cloudrun import job_id_for
 from reconciler import api
-from tests.fakes.cloudrun_api import FakeCloudRun
+from tests.fakes.cloudrun import FakeCloudRun
 
 pytestmark = pytest.mark.django_db
 
