@@ -224,6 +224,7 @@ def test_tasks_carry_the_last_attempt_result(
     message: str,
 ) -> None:
     jobs, _ = clients
+    fake_cloudrun.time_scale = 5.0  # slow enough to see the task before it starts
     job = new_job(env=[run_v2.EnvVar(name="FAKE_BEHAVIOUR", value=script)])
     job.template.template.timeout = duration_pb2.Duration(seconds=1)
     jobs.create_job(parent=PARENT, job=job, job_id="t1").result(timeout=5)
