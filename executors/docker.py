@@ -763,9 +763,12 @@ class DockerExecutor(Executor):
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size_mb}m"} if self.read_only else None,
                 runtime=self.runtime,
             )
+            # The argv replaces the image's ENTRYPOINT (and so its CMD), as on Cloud Run; an
+            # empty argv runs the image's own ENTRYPOINT and CMD.
             return api.create_container(
                 image=spec.image,
-                command=list(spec.command) or None,
+                entrypoint=[spec.command[0]] if spec.command else None,
+                command=list(spec.command[1:]) if spec.command else None,
                 name=spec.name,
                 labels=labels,
                 environment=[f"{k}={v}" for k, v in spec.env],

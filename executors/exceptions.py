@@ -39,5 +39,9 @@ class QuotaExceeded(Unavailable):
     """The backend's quota or rate limit was hit; back off before trying again."""
 
 
+class HostMisconfigured(Unavailable):
+    """The host refused the call for a reason of its own (permissions, disabled API); jobs wait."""
+
+
 class ConfigurationError(ExecutorError):
     """The executor host is configured wrongly (connection string or config)."""

@@ -75,13 +75,17 @@ class Observed:
     state: ContainerState
     #: Backend identifier (Docker container id, Cloud Run execution name).
     container_id: str | None = None
+    #: For a failed container, never 0; 128 + N when killed by signal N; None when the backend
+    #: gives no exit code (``error`` then says why).
     exit_code: int | None = None
     oom_killed: bool = False
+    #: When the program really started. ``RUNNING`` with ``started_at=None`` means accepted but
+    #: not started yet (Cloud Run provisioning): no run time is counted before it.
     started_at: datetime | None = None
     finished_at: datetime | None = None
     #: The backend's own error text, if any (e.g. Docker's State.Error).
     error: str = ""
-    #: Backend-specific failure classification, e.g. "timeout" or "cancelled" for Cloud Run.
+    #: The backend's own classification of an end: "timeout", "cancelled" or "oom" (Cloud Run).
     reason_hint: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from executors.cloudrun import CloudRunExecutor
-from tests.fakes.cloudrun_api import FakeCloudRun
+from tests.fakes.cloudrun import FakeCloudRun
 
 
 @pytest.fixture

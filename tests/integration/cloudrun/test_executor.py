@@ -1,24 +1,20 @@
-"""CloudRunExecutor end to end: real google-cloud-run client (REST, anonymous) -> local fake API."""
+"""CloudRunExecutor end to end: real google-cloud-run client (REST, anonymous) -> local fake API.
+
+Lifecycle and outcomes: exit codes come from the Tasks API, never from condition messages.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
-import types
-from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
 from executors.cloudrun import CloudRunExecutor, job_id_for
-from executors.exceptions import InvalidSpec, QuotaExceeded, Unavailable
-from executors.types import LABEL_INSTANCE, LABEL_JOB, ContainerState
-from tests.fakes.cloudrun_api import FakeCloudRun
+from executors.types import LABEL_JOB, ContainerState
+from tests.fakes.cloudrun import FakeCloudRun
 
-from .helpers import INSTANCE, make_spec, wait_exited
-
-MakeExecutor = Callable[..., CloudRunExecutor]
-
+from .helpers import make_spec, wait_exited
 
 # Lifecycle ---------------------------------------------------------------------------
 
@@ -33,21 +29,48 @@ def test_success_runs_to_exit_code_zero(executor: CloudRunExecutor, fake_cloudru
     assert launched.labels[LABEL_JOB] == "1"
 
     done = wait_exited(executor, spec.name)
-    assert done.exit_code == 0
-    assert done.reason_hint == ""
+    assert (done.exit_code, done.reason_hint, done.oom_killed) == (0, "", False)
     assert done.container_id == launched.container_id
     assert done.started_at is not None and done.finished_at is not None
     assert done.finished_at >= done.started_at
     assert dict(done.labels) == spec.labels_dict
+    assert fake_cloudrun.calls["ListTasks"] == 1  # the outcome is read from the task
 
 
-def test_failure_reports_the_exit_code(executor: CloudRunExecutor) -> None:
+@pytest.mark.parametrize("style", ["plain", "quoted"])
+def test_failure_exit_code_comes_from_the_task(
+    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun, style: str
+) -> None:
+    """Whether or not the execution's condition message quotes an exit code, the task's is reported."""
+    fake_cloudrun.message_style = style
     spec = make_spec(command=("sh", "-c", "sleep 0.5; exit 3"))
     executor.launch(spec)
     done = wait_exited(executor, spec.name)
-    assert done.exit_code == 3
-    assert "exit(3)" in done.error
-    assert done.reason_hint == ""
+    assert (done.exit_code, done.reason_hint, done.oom_killed) == (3, "", False)
+    assert "The container exited with an error" in done.error
+
+
+def test_a_kill_quoted_as_exit_code_0_is_not_a_success(
+    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
+) -> None:
+    """Condition messages say "exit code: 0" for a task the system killed; the task says SIGKILL."""
+    fake_cloudrun.message_style = "quoted"
+    spec = make_spec(command=(), env=(("FAKE_BEHAVIOUR", "sleep=0.3;oom"),), memory_mb=512)
+    executor.launch(spec)
+    done = wait_exited(executor, spec.name)
+    execution = fake_cloudrun.executions_of(job_id_for(spec.name))[0]
+    assert "exit code: 0" in execution["conditions"][-1]["message"]
+    assert done.exit_code == 137  # 128 + SIGKILL, never 0
+    assert done.oom_killed and done.reason_hint == "oom"
+    assert "Memory limit of 512 MiB exceeded" in done.error
+
+
+def test_a_task_without_exit_code_reports_none_with_the_reason(executor: CloudRunExecutor) -> None:
+    spec = make_spec(command=("crash",))
+    executor.launch(spec)
+    done = wait_exited(executor, spec.name)
+    assert done.exit_code is None
+    assert "failed without an exit code" in done.error and "terminated" in done.error
 
 
 def test_behaviour_from_env_script(executor: CloudRunExecutor) -> None:
@@ -56,12 +79,34 @@ def test_behaviour_from_env_script(executor: CloudRunExecutor) -> None:
     assert wait_exited(executor, spec.name).exit_code == 7
 
 
-def test_timeout_is_enforced_by_cloud_run(executor: CloudRunExecutor) -> None:
-    spec = make_spec(command=("sh", "-c", "sleep 100"), timeout_seconds=1)
-    executor.launch(spec)
+def test_timeout_is_enforced_by_cloud_run_from_the_task_start(
+    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
+) -> None:
+    """Provisioning (start=2 s) is not charged: the task runs its whole timeout (1 s) after it."""
+    spec = make_spec(command=(), env=(("FAKE_BEHAVIOUR", "start=2;hang"),), timeout_seconds=1)
+    launched = executor.launch(spec)
+    assert launched.state is ContainerState.RUNNING and launched.started_at is None  # provisioning
     done = wait_exited(executor, spec.name)
     assert done.reason_hint == "timeout"
-    assert "timeout" in done.error
+    assert done.exit_code == 137
+    assert done.started_at is not None and done.finished_at is not None
+    ran = done.finished_at - done.started_at
+    assert timedelta(seconds=0.19) <= ran < timedelta(seconds=0.3)  # 1 s x time_scale 0.2
+    execution = fake_cloudrun.executions_of(job_id_for(spec.name))[0]
+    assert execution["startTime"] > execution["createTime"]
+
+
+def test_a_running_execution_reports_its_start(executor: CloudRunExecutor) -> None:
+    spec = make_spec(command=("hang",))
+    executor.launch(spec)
+    deadline = time.monotonic() + 5
+    while (observed := executor.inspect(spec.name)).started_at is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert observed.state is ContainerState.RUNNING
+    calls = executor.api_calls_by_method["get_execution"]
+    executor.inspect(spec.name)  # the start time is known: no further GetExecution
+    assert executor.api_calls_by_method["get_execution"] == calls
 
 
 def test_stop_cancels_the_execution(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
@@ -100,276 +145,22 @@ def test_logs_point_at_the_execution_log_uri(executor: CloudRunExecutor) -> None
     assert executor.logs("cm-never-launched").stdout == ""
 
 
-def test_logs_from_cloud_logging_are_bounded(
-    make_executor: MakeExecutor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With use_cloud_logging, entries are read newest first and only max_bytes are kept."""
-    seen: dict[str, Any] = {}
-
-    class Entry:
-        def __init__(self, text: str, stream: str) -> None:
-            self.payload = text
-            self.log_name = f"projects/p/logs/run.googleapis.com%2F{stream}"
-
-    class Client:
-        def __init__(self, **kwargs: Any) -> None:
-            pass
-
-        def list_entries(self, **kwargs: Any) -> Any:
-            seen.update(kwargs)
-            newest_first = [Entry(f"line {i}", "stdout") for i in range(99, -1, -1)]
-            return iter([*newest_first, Entry("boom", "stderr")])
-
-    stub = types.ModuleType("google.cloud.logging")
-    stub.Client = Client  # type: ignore[attr-defined]
-    stub.DESCENDING = "timestamp desc"  # type: ignore[attr-defined]
-    import google.cloud
-
-    monkeypatch.setitem(sys.modules, "google.cloud.logging", stub)
-    monkeypatch.setattr(google.cloud, "logging", stub, raising=False)
-    executor = make_executor(use_cloud_logging=True)
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    executor.launch(spec)
-    tail = executor.logs(spec.name, max_bytes=40)
-    assert tail.stdout.endswith("line 98\nline 99\n")
-    assert len(tail.stdout.encode()) <= 40
-    assert tail.stdout_truncated
-    assert tail.stderr == "boom\n"
-    assert f'resource.labels.job_name="{job_id_for(spec.name)}"' in seen["filter_"]
+# The command replaces the image's ENTRYPOINT ------------------------------------------
 
 
-# Idempotency -------------------------------------------------------------------------
-
-
-def test_launch_twice_adopts(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    spec = make_spec(command=("sh", "-c", "sleep 1"))
-    first = executor.launch(spec)
-    second = executor.launch(spec)
-    assert second.container_id == first.container_id
-    assert len(fake_cloudrun.executions_of(job_id_for(spec.name))) == 1
-    assert fake_cloudrun.calls["RunJob"] == 1
-
-
-def test_launch_after_restart_adopts(make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    spec = make_spec(command=("sh", "-c", "sleep 1"))
-    first = make_executor().launch(spec)
-    # A new process: no memory of the first launch.
-    again = make_executor().launch(spec)
-    assert again.container_id == first.container_id
-    assert len(fake_cloudrun.executions_of(job_id_for(spec.name))) == 1
-
-
-def test_interrupted_launch_is_completed_once(
+def test_command_is_sent_as_entrypoint_and_args(
     executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
 ) -> None:
-    """The job was created but run_job never got through: inspect says CREATED, launch runs it once."""
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    fake_cloudrun.inject("RunJob", 503, times=executor.retry_attempts)
-    with pytest.raises(Unavailable):
-        executor.launch(spec)
-    assert executor.inspect(spec.name).state is ContainerState.CREATED
+    spec = make_spec(command=("python", "-m", "worker", "--fast"))
     executor.launch(spec)
-    executor.launch(spec)
-    assert len(fake_cloudrun.executions_of(job_id_for(spec.name))) == 1
-    assert wait_exited(executor, spec.name).exit_code == 0
+    received = fake_cloudrun.job(job_id_for(spec.name))
+    assert received is not None
+    container = received["template"]["template"]["containers"][0]
+    assert (container["command"], container["args"]) == (["python"], ["-m", "worker", "--fast"])
 
-
-def test_create_operation_is_waited_for(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    """A CreateJob operation that is not done at once is polled (GetOperation) before RunJob."""
-    fake_cloudrun.operation_delay = 0.3
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    assert executor.launch(spec).state is ContainerState.RUNNING
-    assert executor.api_calls_by_method["get_operation"] >= 1
-    assert fake_cloudrun.calls["GetOperation"] == executor.api_calls_by_method["get_operation"]
-
-
-def test_relaunch_waits_for_a_job_still_being_created(
-    make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    """A launch gave up waiting for CreateJob; the retry adopts the job, waits until ready, runs it once."""
-    fake_cloudrun.operation_delay = 0.4
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    with pytest.raises(Unavailable, match="not done"):
-        make_executor(operation_timeout=0.1).launch(spec)
-    assert fake_cloudrun.calls["RunJob"] == 0
-    executor = make_executor()
-    assert executor.launch(spec).state is ContainerState.RUNNING
-    assert executor.api_calls_by_method["get_job"] >= 2  # polled while reconciling
-    assert len(fake_cloudrun.executions_of(job_id_for(spec.name))) == 1
-
-
-# Errors ------------------------------------------------------------------------------
-
-
-def test_transient_errors_are_retried(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    fake_cloudrun.inject("CreateJob", 503, times=2)
-    fake_cloudrun.inject("RunJob", 500, times=1)
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    assert executor.launch(spec).state is ContainerState.RUNNING
-    assert fake_cloudrun.calls["CreateJob"] == 3
-    assert fake_cloudrun.calls["RunJob"] == 2
-    assert executor.api_retries == 3
-    assert executor.api_errors_by_method == {"create_job": 2, "run_job": 1}
-    assert len(fake_cloudrun.executions_of(job_id_for(spec.name))) == 1
-
-
-def test_slow_answers_hit_the_call_timeout_and_are_retried(
-    make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    executor = make_executor(call_timeout=0.3)
-    fake_cloudrun.inject("ListExecutions", status=None, delay=1.0, times=1)
-    assert executor.inspect("cm-never-launched").state is ContainerState.NOT_FOUND
-    assert executor.api_retries == 1
-
-
-def test_quota_errors_back_off_longer_then_succeed(
-    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    sleeps: list[float] = []
-    executor._sleep = sleeps.append
-    fake_cloudrun.inject("RunJob", 429, times=2)
-    spec = make_spec(command=("sh", "-c", "sleep 0.2"))
-    assert executor.launch(spec).state is ContainerState.RUNNING
-    assert fake_cloudrun.calls["RunJob"] == 3
-    assert len(sleeps) == 2
-    # Quota waits are QUOTA_BACKOFF_FACTOR (4) times the ordinary ones, with jitter down to half.
-    assert all(s >= executor.retry_backoff * 4 / 2 for s in sleeps)
-
-    sleeps.clear()
-    fake_cloudrun.inject("ListExecutions", 503, times=1)
-    executor.inspect(spec.name)
-    assert sleeps and sleeps[0] <= executor.retry_backoff
-
-
-def test_persistent_quota_errors_raise_quota_exceeded(
-    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    fake_cloudrun.inject("CreateJob", 429, times=100)
-    with pytest.raises(QuotaExceeded) as caught:
-        executor.launch(make_spec())
-    assert caught.value.transient
-    assert fake_cloudrun.calls["CreateJob"] == executor.retry_attempts == 4
-
-
-def test_invalid_spec_is_permanent(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    with pytest.raises(InvalidSpec, match="Invalid image"):
-        executor.launch(make_spec(image="Not A Valid/Image"))
-    assert fake_cloudrun.calls["CreateJob"] == 1  # not retried
-    assert executor.api_retries == 0
-
-
-@pytest.mark.parametrize("status", [400, 403])
-def test_injected_client_errors_are_permanent(
-    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun, status: int
-) -> None:
-    fake_cloudrun.inject("RunJob", status, times=1)
-    with pytest.raises(InvalidSpec):
-        executor.launch(make_spec())
-    assert fake_cloudrun.calls["RunJob"] == 1
-
-
-def test_the_executor_refuses_what_cloud_run_cannot_run(executor: CloudRunExecutor) -> None:
-    with pytest.raises(InvalidSpec, match="at most 8"):
-        executor.launch(make_spec(cpu=16))
-    with pytest.raises(InvalidSpec, match="image is empty"):
-        executor.launch(make_spec(image=""))
-    assert executor.api_calls == 0
-
-
-# Bounded API cost of a poll ----------------------------------------------------------
-
-
-def test_one_list_call_covers_a_poll_of_30_jobs(
-    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    specs = [make_spec(f"cm-test-{i}-1", ("hang",), job=i) for i in range(30)]
-    for spec in specs:
-        executor.launch(spec)
-    # A job of another instance is in the region but not ours.
-    executor.launch(make_spec("cm-other-1-1", instance="other"))
-    fake_cloudrun.reset_counts()
-    before = executor.api_calls
-
-    managed = executor.list_managed(INSTANCE)
-    observed = [executor.inspect(spec.name) for spec in specs]
-
-    assert sorted(o.name for o in managed) == sorted(s.name for s in specs)
-    assert all(o.labels[LABEL_INSTANCE] == INSTANCE for o in managed)
-    assert all(o.state is ContainerState.RUNNING for o in observed)
-    assert fake_cloudrun.calls == {"ListExecutions": 1}
-    assert executor.api_calls - before == 1
-    assert fake_cloudrun.log[0][2].endswith("/jobs/-/executions")
-
-
-def test_listing_follows_pages(make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    fake_cloudrun.max_page_size = 10
-    executor = make_executor()
-    for i in range(25):
-        executor.launch(make_spec(f"cm-test-{i}-1", ("sh", "-c", "sleep 0.2"), job=i))
-    fake_cloudrun.reset_counts()
-    assert len(executor.list_managed(INSTANCE)) == 25
-    assert fake_cloudrun.calls == {"ListExecutions": 3}
-
-
-def test_snapshot_expires_after_poll_interval(
-    make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    executor = make_executor(poll_interval=0.2)
-    spec = make_spec(command=("sh", "-c", "sleep 0.1"))
-    executor.launch(spec)
-    executor.list_managed(INSTANCE)
-    fake_cloudrun.reset_counts()
-    executor.inspect(spec.name)
-    assert fake_cloudrun.calls == {}
-    time.sleep(0.25)
-    assert executor.inspect(spec.name).state is ContainerState.EXITED
-    assert fake_cloudrun.calls == {"ListExecutions": 1}
-
-
-def test_acting_on_a_job_drops_it_from_the_snapshot(
-    executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun
-) -> None:
-    spec = make_spec(command=("hang",))
-    executor.launch(spec)
-    executor.list_managed(INSTANCE)
-    executor.stop(spec.name)
-    assert wait_exited(executor, spec.name, timeout=3).reason_hint == "cancelled"
-
-
-# Health ------------------------------------------------------------------------------
-
-
-def test_health_check(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
-    report = executor.health_check(timeout=2)
-    assert report.healthy, report.message
-    assert fake_cloudrun.calls["ListJobs"] == 1
-
-    fake_cloudrun.inject("ListJobs", 503, times=1)
-    report = executor.health_check(timeout=2)
-    assert not report.healthy
-    assert fake_cloudrun.calls["ListJobs"] == 2  # a probe is not retried
-
-    fake_cloudrun.stop()
-    report = executor.health_check(timeout=1)
-    assert not report.healthy
-
-
-def test_registry_builds_it_from_a_host_row(fake_cloudrun: FakeCloudRun) -> None:
-    from types import SimpleNamespace
-
-    from executors import registry
-
-    host = SimpleNamespace(
-        pk="cloudrun-registry-test",
-        name="cloud",
-        executor_type="cloudrun",
-        connection_string=fake_cloudrun.connection_string,
-        executor_config=fake_cloudrun.executor_config(retain_jobs=True),
-    )
-    try:
-        executor = registry.get_executor(host)
-        assert isinstance(executor, CloudRunExecutor) and executor.retain_jobs
-        assert registry.get_executor(host) is executor
-        assert executor.health_check(timeout=2).healthy
-    finally:
-        registry.forget(host.pk)
+    bare = make_spec("cm-test-2-1", command=(), job=2)
+    executor.launch(bare)
+    received = fake_cloudrun.job(job_id_for(bare.name))
+    assert received is not None
+    container = received["template"]["template"]["containers"][0]
+    assert "command" not in container and "args" not in container  # the image's ENTRYPOINT and CMD

@@ -14,8 +14,10 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
+from google.protobuf import duration_pb2
 
-from tests.fakes.cloudrun_api import FakeCloudRun, behaviour_from_argv, parse_behaviour
+from tests.fakes.cloudrun import FakeCloudRun, behaviour_from_argv, logging_api, parse_behaviour
+from tests.fakes.cloudrun.wire import ApiError
 
 PARENT = "projects/test-project/locations/us-central1"
 
@@ -115,6 +117,7 @@ def test_listing_across_jobs_paginates(
     fake_cloudrun: FakeCloudRun, clients: tuple[run_v2.JobsClient, run_v2.ExecutionsClient]
 ) -> None:
     jobs, executions = clients
+    fake_cloudrun.list_delay = 0
     for i in range(5):
         jobs.create_job(parent=PARENT, job=new_job(), job_id=f"j{i}").result(timeout=5)
         jobs.run_job(name=f"{PARENT}/jobs/j{i}")
@@ -130,9 +133,12 @@ def test_listing_across_jobs_paginates(
 def test_wire_shape(fake_cloudrun: FakeCloudRun) -> None:
     job = {"template": {"template": {"containers": [{"image": "busybox"}], "vpcAccess": {"egress": 1}}}}
     status, op = http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs?jobId=w1", job)
-    assert status == 200 and op["done"] is True
+    # CreateJob is a long-running operation that finishes later.
+    assert status == 200 and "done" not in op and op["metadata"]["reconciling"] is True
     assert op["name"].startswith(f"{PARENT}/operations/")
-    assert op["response"]["@type"] == "type.googleapis.com/google.cloud.run.v2.Job"
+    time.sleep(fake_cloudrun.operation_delay)
+    _, op = http(fake_cloudrun, "GET", f"/v2/{op['name']}")
+    assert op["done"] is True and op["response"]["@type"] == "type.googleapis.com/google.cloud.run.v2.Job"
     # Enums come back by name, or by number when the client asks for it (as google-cloud-run does).
     assert op["response"]["template"]["template"]["vpcAccess"]["egress"] == "ALL_TRAFFIC"
     _, as_ints = http(fake_cloudrun, "GET", f"/v2/{PARENT}/jobs/w1?%24alt=json%3Benum-encoding%3Dint")
@@ -179,3 +185,131 @@ def test_behaviour_scripts() -> None:
     assert behaviour_from_argv([]) is None
     with pytest.raises(ValueError):
         parse_behaviour("explode=1")
+
+
+def test_lists_lag_behind_writes(
+    fake_cloudrun: FakeCloudRun, clients: tuple[run_v2.JobsClient, run_v2.ExecutionsClient]
+) -> None:
+    jobs, executions = clients
+    fake_cloudrun.list_delay = 30
+    jobs.create_job(parent=PARENT, job=new_job(command=["hang"]), job_id="lag").result(timeout=5)
+    execution = jobs.run_job(name=f"{PARENT}/jobs/lag").metadata
+    assert list(executions.list_executions(parent=f"{PARENT}/jobs/lag")) == []
+    assert [j.name for j in jobs.list_jobs(parent=PARENT)] == []
+    # Read by name, they are there at once: the job already counts its execution.
+    assert executions.get_execution(name=execution.name).name == execution.name
+    job = jobs.get_job(name=f"{PARENT}/jobs/lag")
+    assert job.execution_count == 1 and job.latest_created_execution.name == execution.name
+    for item in [*fake_cloudrun.executions.values(), *fake_cloudrun.jobs.values()]:
+        item.listed_at -= 30  # time passes
+    assert [e.name for e in executions.list_executions(parent=f"{PARENT}/jobs/lag")] == [execution.name]
+
+
+@pytest.mark.parametrize(
+    ("script", "exit_code", "signal", "message"),
+    [
+        ("sleep=0.1;exit=3", 3, 0, "The container exited with an error."),
+        ("sleep=0.1", 0, 0, ""),
+        ("sleep=0.1;oom", 0, 9, "Memory limit of 512 MiB exceeded"),
+        ("sleep=0.1;crash", 0, 0, "The container was terminated."),
+        ("start=0.3;hang", 0, 9, "The configured timeout was reached."),
+    ],
+)
+def test_tasks_carry_the_last_attempt_result(
+    fake_cloudrun: FakeCloudRun,
+    clients: tuple[run_v2.JobsClient, run_v2.ExecutionsClient],
+    script: str,
+    exit_code: int,
+    signal: int,
+    message: str,
+) -> None:
+    jobs, _ = clients
+    fake_cloudrun.time_scale = 5.0  # slow enough to see the task before it starts
+    job = new_job(env=[run_v2.EnvVar(name="FAKE_BEHAVIOUR", value=script)])
+    job.template.template.timeout = duration_pb2.Duration(seconds=1)
+    jobs.create_job(parent=PARENT, job=job, job_id="t1").result(timeout=5)
+    execution = jobs.run_job(name=f"{PARENT}/jobs/t1").metadata
+    options = ClientOptions(api_endpoint=fake_cloudrun.url)
+    tasks_client = run_v2.TasksClient(
+        transport="rest", client_options=options, credentials=AnonymousCredentials()
+    )
+    [pending] = tasks_client.list_tasks(parent=execution.name)
+    assert "last_attempt_result" not in pending and pending.start_time is None
+    fake_cloudrun.finish_all()
+    [task] = tasks_client.list_tasks(parent=execution.name)
+    result = task.last_attempt_result
+    assert (result.exit_code, result.term_signal) == (exit_code, signal)
+    assert (result.status.code == 0) is (script == "sleep=0.1")
+    assert message in result.status.message
+    assert task.start_time is not None and task.completion_time is not None
+    assert tasks_client.get_task(name=task.name).name == task.name
+    tasks_client.transport.close()
+
+
+def test_reserved_and_oversized_environment_is_refused(fake_cloudrun: FakeCloudRun) -> None:
+    def create(env: list[dict[str, str]]) -> tuple[int, Any]:
+        job = {"template": {"template": {"containers": [{"image": "busybox", "env": env}]}}}
+        return http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs?jobId=env-{len(fake_cloudrun.calls)}", job)
+
+    for name in ("PORT", "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_OTHER", "X_GOOGLE_X", "K_SERVICE"):
+        status, error = create([{"name": name, "value": "1"}])
+        assert status == 400 and "reserved" in error["error"]["message"], name
+    assert create([{"name": "BIG", "value": "x" * 32769}])[0] == 400
+    assert create([{"name": f"V{i}", "value": "1"} for i in range(1001)])[0] == 400
+    assert create([{"name": "FINE", "value": "x" * 32768}])[0] == 200
+
+
+def test_limits_answer_resource_exhausted(fake_cloudrun: FakeCloudRun) -> None:
+    fake_cloudrun.max_jobs = 1
+    job = {"template": {"template": {"containers": [{"image": "busybox", "command": ["hang"]}]}}}
+    assert http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs?jobId=l1", job)[0] == 200
+    status, error = http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs?jobId=l2", job)
+    assert status == 429 and error["error"]["status"] == "RESOURCE_EXHAUSTED"
+    fake_cloudrun.max_running_executions = 1
+    time.sleep(fake_cloudrun.operation_delay)
+    assert http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs/l1:run", {})[0] == 200
+    assert http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs/l1:run", {})[0] == 429
+
+
+def test_a_fault_can_hit_a_request_the_server_carried_out(fake_cloudrun: FakeCloudRun) -> None:
+    fake_cloudrun.operation_delay = 0
+    job = {"template": {"template": {"containers": [{"image": "busybox"}]}}}
+    http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs?jobId=a1", job)
+    fake_cloudrun.inject("RunJob", 503, apply=True)
+    assert http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs/a1:run", {})[0] == 503
+    assert len(fake_cloudrun.executions_of("a1")) == 1
+    fake_cloudrun.inject("RunJob", 503)
+    assert http(fake_cloudrun, "POST", f"/v2/{PARENT}/jobs/a1:run", {})[0] == 503
+    assert len(fake_cloudrun.executions_of("a1")) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ('logName="projects/p/logs/a"', {"a"}),
+        ('logName="projects/p/logs/a" OR logName="projects/p/logs/b"', {"a", "b"}),
+        (
+            'resource.type="cloud_run_job" AND (logName="projects/p/logs/a" OR logName="projects/p/logs/c")',
+            {"a"},
+        ),
+        ('labels."run.googleapis.com/execution_name"="e1" logName!="projects/p/logs/a"', {"b"}),
+        ('NOT logName="projects/p/logs/a" timestamp>="2026-01-01T00:00:01Z"', {"b", "c"}),
+    ],
+)
+def test_the_logging_filter_language(query: str, names: set[str]) -> None:
+    def entry(name: str, execution: str, second: int) -> dict[str, Any]:
+        return {
+            "logName": f"projects/p/logs/{name}",
+            "resource": {"type": "cloud_run_job" if name != "c" else "other"},
+            "labels": {"run.googleapis.com/execution_name": execution},
+            "timestamp": f"2026-01-01T00:00:0{second}.000000Z",
+            "insertId": name,
+        }
+
+    entries = [entry("a", "e1", 0), entry("b", "e1", 1), entry("c", "e2", 2)]
+    got = logging_api.list_entries(entries, {"resourceNames": ["projects/p"], "filter": query}, "2027")
+    assert {e["logName"].rsplit("/", 1)[-1] for e in got.get("entries", [])} == names
+    with pytest.raises(ApiError):
+        logging_api.list_entries(
+            entries, {"resourceNames": ["projects/p"], "filter": 'logName="x" AND ('}, "2027"
+        )

@@ -10,21 +10,18 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.protobuf import duration_pb2
+from google.rpc import status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executors.cloudrun import (
-    CloudRunExecutor,
-    cloud_run_resources,
-    exit_code_from_message,
-    job_id_for,
-    label_key,
-    label_value,
-)
+from executors.cloudrun import CloudRunExecutor, cloud_run_resources, job_id_for, label_key, label_value
+from executors.cloudrun.calls import NoAnswer, translate
+from executors.cloudrun.observe import observe_execution
 from executors.exceptions import (
     ConfigurationError,
     Conflict,
     ExecutorError,
+    HostMisconfigured,
     InvalidSpec,
     NotFound,
     QuotaExceeded,
@@ -134,22 +131,6 @@ def test_label_values() -> None:
     assert len(long) == 63 and re.fullmatch(r"[a-z0-9_-]+", long)
 
 
-@pytest.mark.parametrize(
-    ("message", "code"),
-    [
-        ("Task x-task0 failed with message: Container called exit(3).", 3),
-        ("The container exited with status 137", 137),
-        ("exited with exit code 2", 2),
-        ("failed: exit code 5", 5),
-        ("exit_code=9", 9),
-        ("The container exited with an error.", None),
-        ("", None),
-    ],
-)
-def test_exit_code_from_message(message: str, code: int | None) -> None:
-    assert exit_code_from_message(message) == code
-
-
 # Configuration -----------------------------------------------------------------------
 
 
@@ -180,7 +161,9 @@ def test_unknown_config_keys_are_named() -> None:
         ({"call_timeout": 0}, "call_timeout"),
         ({"poll_interval": -1}, "poll_interval"),
         ({"task_count": 0}, "task_count"),
-        ({"retain_jobs": "yes"}, "retain_jobs"),
+        ({"retain_jobs": True}, "retain_jobs is not supported"),
+        ({"use_cloud_logging": "yes"}, "use_cloud_logging"),
+        ({"credentials_file": "env:1BAD"}, "env:NAME"),
         ({"labels": ["a"]}, "labels"),
         ({"labels": {"Team": "x"}}, "invalid Cloud Run labels"),
         ({"labels": {"team": "A B"}}, "invalid Cloud Run labels"),
@@ -210,7 +193,6 @@ def test_credentials_file_problems_are_configuration_errors(
 
 def test_config_is_applied() -> None:
     executor = offline(
-        retain_jobs=True,
         task_count=2,
         poll_interval=7,
         call_timeout=3,
@@ -218,10 +200,9 @@ def test_config_is_applied() -> None:
         transport="rest",
     )
     assert (executor.project, executor.location) == ("test-project", "us-central1")
-    assert executor.retain_jobs is True
     assert executor.task_count == 2
     assert executor.poll_interval == 7.0
-    assert executor.call_timeout == 3.0
+    assert executor.settings.call_timeout == 3.0
     assert executor.kind == "cloudrun" and executor.enforces_timeout and not executor.supports_events
 
 
@@ -271,6 +252,8 @@ def test_empty_command_keeps_the_image_default() -> None:
 # Status mapping ----------------------------------------------------------------------
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+FAILED = run_v2.Condition.State.CONDITION_FAILED
+SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 
 
 def execution(**fields: Any) -> run_v2.Execution:
@@ -286,73 +269,64 @@ def execution(**fields: Any) -> run_v2.Execution:
     return result
 
 
-FAILED = run_v2.Condition.State.CONDITION_FAILED
-SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+def task(seconds: float = 5, *, code: int | None = 0, message: str = "", **attempt: Any) -> run_v2.Task:
+    """A finished task that ran ``seconds``; ``code`` is the attempt's google.rpc status code."""
+    result = run_v2.TaskAttemptResult(**attempt)
+    if code is not None:
+        result.status = status_pb2.Status(code=code, message=message)
+    return run_v2.Task(
+        index=0,
+        start_time=T0,
+        completion_time=T0 + timedelta(seconds=seconds),
+        timeout=duration_pb2.Duration(seconds=60),
+        last_attempt_result=result,
+    )
+
+
+DONE = {"start_time": T0, "completion_time": T0 + timedelta(seconds=5)}
+FAILED_RUN = {
+    **DONE,
+    "failed_count": 1,
+    "completed": {"state": FAILED, "message": "Task failed: exit code 42"},
+}
 
 
 @pytest.mark.parametrize(
-    ("fields", "state", "exit_code", "hint"),
+    ("fields", "tasks", "expected"),
     [
-        ({}, ContainerState.RUNNING, None, ""),
-        ({"start_time": T0, "running_count": 1}, ContainerState.RUNNING, None, ""),
+        ({}, None, (ContainerState.RUNNING, None, "", False)),  # provisioning
+        ({"start_time": T0, "running_count": 1}, None, (ContainerState.RUNNING, None, "", False)),
+        ({**DONE, "succeeded_count": 1}, [task()], (ContainerState.EXITED, 0, "", False)),
+        # The message quotes 42; the task says 3: the task wins.
+        (FAILED_RUN, [task(code=2, exit_code=3)], (ContainerState.EXITED, 3, "", False)),
+        # No exit code and no signal: None, never an invented number.
+        (FAILED_RUN, [task(code=2, message="The container was terminated.")], (ContainerState.EXITED, None, "", False)),
+        # A failed status with exit_code 0 (unset over JSON) is not a success.
+        ({**DONE, "succeeded_count": 1}, [task(code=2)], (ContainerState.EXITED, None, "", False)),
+        (FAILED_RUN, [task(60, code=4, message="The configured timeout was reached.", term_signal=9)], (ContainerState.EXITED, 137, "timeout", False)),
+        # No wording at all, but it ran its whole Task.timeout: still a timeout.
+        (FAILED_RUN, [task(60, code=2, term_signal=15)], (ContainerState.EXITED, 143, "timeout", False)),
+        (FAILED_RUN, [task(code=8, message="Memory limit of 512 MiB exceeded with 530 MiB used.", term_signal=9)], (ContainerState.EXITED, 137, "oom", True)),
         (
-            {"start_time": T0, "completion_time": T0 + timedelta(seconds=5), "succeeded_count": 1},
-            ContainerState.EXITED,
-            0,
-            "",
+            {**DONE, "cancelled_count": 1, "completed": {"state": FAILED, "execution_reason": run_v2.Condition.ExecutionReason.CANCELLED}},
+            [task(code=1, term_signal=15)],
+            (ContainerState.EXITED, 143, "cancelled", False),
         ),
-        (
-            {
-                "start_time": T0,
-                "completion_time": T0 + timedelta(seconds=5),
-                "failed_count": 1,
-                "completed": {"state": FAILED, "message": "Task failed with message: exit code 42"},
-            },
-            ContainerState.EXITED,
-            42,
-            "",
-        ),
-        (
-            {"start_time": T0, "completion_time": T0 + timedelta(seconds=5), "failed_count": 1},
-            ContainerState.EXITED,
-            1,
-            "",
-        ),
-        (  # no message, but it ran for the whole task timeout
-            {"start_time": T0, "completion_time": T0 + timedelta(seconds=60), "failed_count": 1},
-            ContainerState.EXITED,
-            None,
-            "timeout",
-        ),
-        (
-            {
-                "start_time": T0,
-                "completion_time": T0 + timedelta(seconds=3),
-                "cancelled_count": 1,
-                "completed": {
-                    "state": FAILED,
-                    "execution_reason": run_v2.Condition.ExecutionReason.CANCELLED,
-                },
-            },
-            ContainerState.EXITED,
-            None,
-            "cancelled",
-        ),
-        (  # completed per its condition even before completion_time is reported
-            {"start_time": T0, "succeeded_count": 1, "completed": {"state": SUCCEEDED}},
-            ContainerState.EXITED,
-            0,
-            "",
-        ),
+        # Failed, but no task could be read: no exit code.
+        (FAILED_RUN, [], (ContainerState.EXITED, None, "", False)),
+        # Completed per its condition before completion_time is reported.
+        ({"start_time": T0, "succeeded_count": 1, "completed": {"state": SUCCEEDED}}, [task()], (ContainerState.EXITED, 0, "", False)),
     ],
-)
-def test_execution_to_observed(
-    fields: dict[str, Any], state: ContainerState, exit_code: int | None, hint: str
+)  # fmt: skip
+def test_execution_and_tasks_to_observed(
+    fields: dict[str, Any], tasks: list[run_v2.Task] | None, expected: tuple[Any, ...]
 ) -> None:
-    observed = offline()._observe("cm-x", execution(**fields))
-    assert (observed.state, observed.exit_code, observed.reason_hint) == (state, exit_code, hint)
+    observed = observe_execution("cm-x", execution(**fields), tasks, {})
+    assert (observed.state, observed.exit_code, observed.reason_hint, observed.oom_killed) == expected
     assert observed.container_id == "projects/p/locations/r/jobs/j/executions/j-abcde"
     assert observed.started_at is None or type(observed.started_at) is datetime
+    if observed.state is ContainerState.EXITED and observed.exit_code != 0:
+        assert observed.error
 
 
 # Error mapping -----------------------------------------------------------------------
@@ -370,17 +344,20 @@ def test_execution_to_observed(
         (gexc.BadRequest("x"), InvalidSpec),
         (gexc.InvalidArgument("x"), InvalidSpec),
         (gexc.FailedPrecondition("x"), InvalidSpec),
-        (gexc.PermissionDenied("x"), InvalidSpec),
-        (gexc.Unauthenticated("x"), Unavailable),
+        (gexc.PermissionDenied("x"), HostMisconfigured),
+        (gexc.Forbidden("x"), HostMisconfigured),
+        (gexc.Unauthenticated("x"), HostMisconfigured),
         (gexc.ServiceUnavailable("x"), Unavailable),
         (gexc.InternalServerError("x"), Unavailable),
-        (gexc.DeadlineExceeded("x"), Unavailable),
+        (gexc.DeadlineExceeded("x"), NoAnswer),
+        (gexc.GatewayTimeout("x"), NoAnswer),
         (gexc.BadGateway("x"), Unavailable),
-        (TimeoutError("x"), Unavailable),
+        (TimeoutError("x"), NoAnswer),
+        (OSError("x"), Unavailable),
         (ValueError("x"), ExecutorError),
     ],
 )
 def test_error_translation(error: Exception, expected: type[ExecutorError]) -> None:
-    translated = offline()._translate("get_job", error)
+    translated = translate("get_job", error)
     assert type(translated) is expected
     assert "get_job" in str(translated)

@@ -11,7 +11,7 @@ from container_manager.models import ContainerJob, ExecutorHost
 from executors import registry
 from executors.cloudrun import job_id_for
 from reconciler import api
-from tests.fakes.cloudrun_api import FakeCloudRun
+from tests.fakes.cloudrun import FakeCloudRun
 
 pytestmark = pytest.mark.django_db
 
@@ -100,3 +100,27 @@ def test_restart_mid_execution_adopts_without_a_second_execution(
     job = run_to_end(job)
     assert job.status == "completed"
     assert fake_cloudrun.calls["RunJob"] == 1, "the restarted reconciler adopted the running execution"
+
+
+def test_a_memory_kill_quoted_as_exit_code_0_fails_the_job_as_oom(
+    host: ExecutorHost, fake_cloudrun: FakeCloudRun
+) -> None:
+    fake_cloudrun.message_style = "quoted"  # the condition message says "exit code: 0"
+    job = run_to_end(make_job(host, "oom"))
+    assert (job.status, job.failure_reason, job.exit_code) == ("failed", "oom", 137)
+    assert job.executions.get().oom_killed
+
+
+def test_permission_denied_keeps_the_job_waiting_with_a_clear_message(
+    host: ExecutorHost, fake_cloudrun: FakeCloudRun
+) -> None:
+    fake_cloudrun.inject("CreateJob", 403, times=1000)
+    job = make_job(host, "sh -c 'exit 0'")
+    for _ in range(4):
+        job.launch() if job.status == "pending" else job.get_status()
+    job.refresh_from_db()
+    assert not job.is_terminal_status, job.status  # a host problem: the job waits
+    assert "iam.serviceAccounts.actAs" in job.executions.get().message
+    fake_cloudrun.clear_injections()
+    job = run_to_end(job)
+    assert (job.status, job.exit_code) == ("completed", 0)
