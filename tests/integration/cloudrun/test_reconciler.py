@@ -124,3 +124,17 @@ def test_permission_denied_keeps_the_job_waiting_with_a_clear_message(
     fake_cloudrun.clear_injections()
     job = run_to_end(job)
     assert (job.status, job.exit_code) == ("completed", 0)
+
+
+def test_provisioning_is_not_charged_to_the_timeout(host: ExecutorHost) -> None:
+    """The task provisions for 4 s (20 fake seconds) and then runs 0.2 s, with a 3 s timeout.
+
+    Counted from the launch, the reconciler would stop it while it provisions; counted from the
+    task's start, as Cloud Run's own task timeout is, it completes.
+    """
+    job = make_job(host, "true", timeout_seconds=3, override_environment="FAKE_BEHAVIOUR=start=20;sleep=1")
+    job = run_to_end(job, timeout=60)
+    assert (job.status, job.exit_code) == ("completed", 0)
+    attempt = job.executions.get()
+    assert attempt.started_at is not None and job.started_at == attempt.started_at
+    assert (attempt.started_at - attempt.created_at).total_seconds() >= 3.5, "started when the task did"
