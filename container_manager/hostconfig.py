@@ -92,7 +92,8 @@ def validate_host(host: ExecutorHost, policy: Policy) -> None:
                 isinstance(value, str) and (value.startswith("/") or value.startswith(ENV_PREFIX))
             ):
                 errors.setdefault("executor_config", []).append(
-                    f"{key} looks like a credential: store a file path, never the secret itself"
+                    f"{key} looks like a credential: store the absolute path of a file holding it, "
+                    "never the secret itself"
                 )
         for message in refused_env_references(config, policy):
             errors.setdefault("executor_config", []).append(message)

@@ -59,6 +59,10 @@ def _check_id(field: str, value: Any) -> str | None:
     return None
 
 
+def _empty(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
 def _check_json(field: str, value: Any) -> str | None:
     try:
         json.dumps(value, allow_nan=False)
@@ -91,6 +95,11 @@ def check_field_types(
         if isinstance(value, DatabaseDefault) or getattr(field, "auto_now", False):
             continue  # filled in by the database or at save time
         problem: str | None = None
+        if field.null and not isinstance(field, models.CharField | models.TextField) and _empty(value):
+            # A blank form field or "" from JSON means empty (Django's own cleaning skips it, and
+            # the UPDATE then fails); other empty values ([], {}) are type errors below.
+            value = None
+            setattr(instance, attname, None)
         if isinstance(field, models.ForeignKey) or field.primary_key:
             cached = isinstance(field, models.ForeignKey) and field.is_cached(instance)
             related = field.get_cached_value(instance) if cached else None  # type: ignore[attr-defined]

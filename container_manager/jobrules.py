@@ -23,6 +23,7 @@ from container_manager.envparse import (
     render_env,
     secret_keys_of,
 )
+from container_manager.inputs import MAX_ID
 from container_manager.states import Reason
 from container_manager.validation import (
     MAX_ENV_TOTAL_BYTES,
@@ -112,6 +113,11 @@ def changed_fixed_fields(
 
 def _related(job: ContainerJob, field: str) -> Any:
     """The row a foreign key of ``job`` points to; ``ValidationError`` when there is none."""
+    key = getattr(job, f"{field}_id")
+    if not job._meta.get_field(field).is_cached(job) and (  # type: ignore[union-attr]
+        isinstance(key, bool) or not isinstance(key, int) or not 1 <= key <= MAX_ID
+    ):
+        raise ValidationError({field: f"{field}: there is no row with that id"})
     try:
         return getattr(job, field)
     except ObjectDoesNotExist:
@@ -155,14 +161,19 @@ def _marked(value: Any) -> list[str]:
     return parse_name_list(value) if isinstance(value, str) else []
 
 
+def job_marked_keys(job: ContainerJob) -> list[str]:
+    """Names the user marked secret, on the job and on its template."""
+    marked = _marked(job.secret_keys)
+    if job.environment_template_id:
+        marked += _marked(_related(job, "environment_template").secret_keys)
+    return marked
+
+
 def job_secret_keys(job: ContainerJob, env: Mapping[str, str] | None = None) -> frozenset[str]:
     """Names in the job's environment whose values must never be shown (see ``secret_keys_of``)."""
     if env is None:
         env = job_environment(job)
-    marked = _marked(job.secret_keys)
-    if job.environment_template_id:
-        marked += _marked(_related(job, "environment_template").secret_keys)
-    return secret_keys_of(env, marked)
+    return secret_keys_of(env, job_marked_keys(job))
 
 
 def _environment_errors(job: ContainerJob, errors: dict[str, list[str]]) -> dict[str, str] | None:
@@ -239,7 +250,7 @@ def clean_job(job: ContainerJob, policy: Policy) -> None:
     env = _environment_errors(job, errors)
     if isinstance(job.secret_keys, str):
         collect(validate_secret_keys, "secret_keys", job.secret_keys, env)
-    if job.docker_host_id is not None and isinstance(job.docker_host_id, int):
+    if job.docker_host_id is not None:
         _host_errors(job, env, errors)
     if job._state.adding:
         if job.pk is not None:

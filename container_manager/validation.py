@@ -157,7 +157,9 @@ def check_number(field: str, value: Any, policy: Policy) -> int | float:
         except ValueError:
             raise ValidationError({field: f"{field} must be {kind}; got {value[:40]!r}"}) from None
     elif isinstance(number, Decimal):
-        number = int(number) if number.is_finite() and number == number.to_integral_value() else float(number)
+        if not number.is_finite():
+            raise ValidationError({field: f"{field} must be a finite number; got {value}"})
+        number = int(number) if number == number.to_integral_value() else float(number)
     elif isinstance(number, bool) or not isinstance(number, int | float):
         raise ValidationError({field: f"{field} must be {kind}, not {_type_name(value)}"})
     if isinstance(number, float):

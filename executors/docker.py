@@ -48,7 +48,7 @@ from docker.utils import convert_filters, parse_repository_tag
 
 from executors import docker_config
 from executors.base import DEFAULT_LOG_TAIL_BYTES, BoundedTail, Executor
-from executors.docker_config import DEFAULT_BASE_URL, _validate_network
+from executors.docker_config import CONFIG_KEYS, DEFAULT_BASE_URL, _validate_network
 from executors.exceptions import (
     ConfigurationError,
     Conflict,
@@ -997,4 +997,4 @@ class DockerExecutor(Executor):
                 pass
 
 
-__all__ = ["DEFAULT_BASE_URL", "DockerExecutor", "iter_frames", "parse_docker_time", "scrub"]
+__all__ = ["CONFIG_KEYS", "DEFAULT_BASE_URL", "DockerExecutor", "iter_frames", "parse_docker_time", "scrub"]

@@ -120,11 +120,11 @@ def _normalise_base_url(connection_string: Any) -> str:
     url = (connection_string or "").strip()
     if not url:
         return str(kwargs_from_env().get("base_url") or DEFAULT_BASE_URL)
-    parsed = urlparse(url)
     try:
+        parsed = urlparse(url)
         hostname = parsed.hostname
     except ValueError:  # e.g. an unbalanced "[" in the host part
-        hostname = None
+        raise ConfigurationError(f"{_shown(url)} is not a URL", field="connection_string") from None
     problem = None
     if parsed.scheme == "unix":
         if not parsed.path:

@@ -315,8 +315,11 @@ class ContainerJob(models.Model):
         return job_secret_keys(self)
 
     def get_safe_environment_variables(self) -> dict[str, str]:
-        """``get_all_environment_variables()`` with secret values masked (see ``get_secret_keys``)."""
-        return mask_env(self.get_all_environment_variables(), self.get_secret_keys())
+        """``get_all_environment_variables()`` with secret values masked (see ``get_secret_keys``);
+        in a URL, only the password is masked."""
+        from container_manager.jobrules import job_marked_keys
+
+        return mask_env(self.get_all_environment_variables(), job_marked_keys(self))
 
     @property
     def argv(self) -> tuple[str, ...]:
