@@ -149,3 +149,60 @@ def test_the_migration_resets_values_the_new_constraints_refuse() -> None:
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(leaves)
+
+
+def test_a_host_row_raised_by_sql_past_the_cap_still_runs_only_the_cap(
+    mock_host: ExecutorHost, settings: Any
+) -> None:
+    """Finding 7: max_concurrent_jobs=1000 written by SQL ran 110 jobs against a cap of 100."""
+    settings.CONTAINER_MANAGER = {"MAX_CONCURRENT_JOBS_CAP": 3, "DEFAULT_MAX_CONCURRENT_JOBS": 3}
+    ExecutorHost.objects.filter(pk=mock_host.pk).update(max_concurrent_jobs=1000)
+    jobs = [
+        ContainerJob.objects.create(image="busybox", command="hang", docker_host=mock_host) for _ in range(5)
+    ]
+    statuses = [job.launch() for job in jobs]
+    assert statuses.count("running") == 3 and statuses.count("pending") == 2
+    assert ExecutorHost.objects.get(pk=mock_host.pk).get_capacity()["available"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_metrics_server_reports_sql_changed_hosts_without_leaking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from executors.registry import get_executor
+    from metrics.server import MetricsServer
+    from reconciler.daemon import DaemonOptions
+
+    class Daemon:  # what the server reads of a daemon, building executors the daemon's way
+        last_pass = time.monotonic()
+        ready = threading.Event()
+        stop_event = threading.Event()
+        options = DaemonOptions()
+        executor_for = staticmethod(get_executor)
+
+    Daemon.ready.set()
+    monkeypatch.setenv("DATABASE_URL_COPY", "postgres://app:s3cr3t@db/prod")
+    host = ExecutorHost.objects.create(
+        name="d", executor_type="docker", connection_string="tcp://127.0.0.1:9"
+    )
+    ExecutorHost.objects.filter(pk=host.pk).update(
+        executor_config={"tls_ca_cert": "env:DATABASE_URL_COPY"}, max_concurrent_jobs=1000
+    )
+    server = MetricsServer(Daemon(), "127.0.0.1", 0)
+    server.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.url + "/readyz", timeout=10)
+        body = info.value.read().decode()
+        assert info.value.code == 503 and "s3cr3t" not in body
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert 'container_manager_host_max_concurrent_attempts{host="d"} 100.0' in metrics
+        assert "s3cr3t" not in metrics
+    finally:
+        server.stop()
