@@ -280,12 +280,11 @@ class ContainerJob(models.Model):
                 "so save() cannot change it; nothing was saved (use cancel(), rerun() or launch())"
             )
         self.full_clean(validate_unique=False, validate_constraints=False)
-        names = [f for f in USER_EDITABLE_FIELDS if update_fields is None or f in update_fields]
         values = {}
-        for name in names:
-            field = self._meta.get_field(name)
-            attname = getattr(field, "attname", name)
-            values[attname] = getattr(self, attname)
+        for name in USER_EDITABLE_FIELDS:
+            attname = getattr(self._meta.get_field(name), "attname", name)
+            if update_fields is None or name in update_fields or attname in update_fields:
+                values[attname] = getattr(self, attname)
         now = timezone.now()
         values["updated_at"] = now
         updated = type(self).objects.filter(pk=self.pk, status=JobStatus.PENDING).update(**values)

@@ -250,6 +250,13 @@ def test_update_fields_naming_a_machine_field_is_refused() -> None:
         job.save(update_fields=["status"])
 
 
+def test_update_fields_may_name_a_foreign_key_by_its_column(mock_host: ExecutorHost) -> None:
+    job = _job()
+    job.docker_host = mock_host
+    job.save(update_fields=["docker_host_id"])
+    assert ContainerJob.objects.get(pk=job.pk).docker_host_id == mock_host.pk
+
+
 def test_saving_after_the_reconciler_moved_on_and_a_refresh_is_fine() -> None:
     job = _job()
     ContainerJob.objects.filter(pk=job.pk).update(priority=3)
