@@ -3,7 +3,9 @@
 Machine-owned data (status, attempts, executions, history) is read-only. Actions require
 their own permissions (``cancel_containerjob``, ``rerun_containerjob``, ``check_executorhost``)
 and go through the same services as the CLI. User-supplied text is only rendered through
-Django's auto-escaping (``format_html``), and list pages never show environment values.
+Django's auto-escaping (``format_html``). Environment values are shown in clear only in the
+form of someone editing them: list pages never show them, and every read-only page (a user
+with view permission only, a job that already started) shows them with secrets masked.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from container_manager.envparse import mask_env_text, parse_name_list
 from container_manager.exceptions import JobStateError
 from container_manager.models import (
+    MACHINE_FIELDS,
     ContainerExecution,
     ContainerJob,
     EnvironmentVariableTemplate,
@@ -28,6 +33,28 @@ from container_manager.services import request_cancel, rerun_job
 
 def _actor(request: HttpRequest) -> str:
     return f"admin:{request.user.get_username()}"
+
+
+def _errors(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+class MaskedEnvironmentMixin:
+    """Shows an environment field masked (``shown_field``) wherever it is not being edited."""
+
+    env_field: str
+    shown_field: str
+
+    def environment_is_read_only(self, request: HttpRequest, obj: Any) -> bool:
+        return obj is not None and not self.has_change_permission(request, obj)  # type: ignore[attr-defined]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = [f for f in super().get_fields(request, obj) if f != self.shown_field]  # type: ignore[misc]
+        if self.environment_is_read_only(request, obj) and self.env_field in fields:
+            fields[fields.index(self.env_field)] = self.shown_field
+        return fields
 
 
 @admin.register(ExecutorHost)
@@ -43,7 +70,7 @@ class ExecutorHostAdmin(admin.ModelAdmin):
 
     @admin.display(description="Load")
     def load(self, host: Any) -> str:
-        return f"{getattr(host, 'running_jobs', 0)}/{host.max_concurrent_jobs}"
+        return f"{getattr(host, 'running_jobs', 0)}/{host.effective_max_concurrent_jobs}"
 
     def has_check_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("container_manager.check_executorhost")
@@ -61,9 +88,16 @@ class ExecutorHostAdmin(admin.ModelAdmin):
 
 
 @admin.register(EnvironmentVariableTemplate)
-class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
+class EnvironmentVariableTemplateAdmin(MaskedEnvironmentMixin, admin.ModelAdmin):
     list_display = ("name", "description", "variable_names")
     search_fields = ("name", "description")
+    env_field = "environment_variables_text"
+    shown_field = "variables"
+    readonly_fields = ("variables",)
+
+    @admin.display(description="Environment variables (secrets masked)")
+    def variables(self, template: EnvironmentVariableTemplate) -> str:
+        return mask_env_text(template.environment_variables_text, template.marked_secret_keys())
 
     @admin.display(description="Variables")
     def variable_names(self, template: EnvironmentVariableTemplate) -> str:
@@ -111,24 +145,8 @@ class JobEventInline(admin.TabularInline):
         return False
 
 
-MACHINE_FIELDS = (
-    "status",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "failure_reason",
-    "status_message",
-    "cancel_requested_at",
-    "rerun_of",
-    "created_by",
-)
-
-
 @admin.register(ContainerJob)
-class ContainerJobAdmin(admin.ModelAdmin):
+class ContainerJobAdmin(MaskedEnvironmentMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "name",
@@ -144,16 +162,30 @@ class ContainerJobAdmin(admin.ModelAdmin):
     list_filter = ("status", "failure_reason", "docker_host", "created_at")
     search_fields = ("=id", "name", "image", "command")
     list_select_related = ("docker_host",)
-    readonly_fields = MACHINE_FIELDS
     inlines = [ContainerExecutionInline, JobEventInline]
     actions = ["cancel_jobs", "rerun_jobs"]
     date_hierarchy = "created_at"
     show_full_result_count = False
+    env_field = "override_environment"
+    shown_field = "environment"
+
+    def environment_is_read_only(self, request: HttpRequest, obj: Any) -> bool:
+        return obj is not None and (obj.status != "pending" or not self.has_change_permission(request, obj))
 
     def get_readonly_fields(self, request: HttpRequest, obj: ContainerJob | None = None) -> Any:
         if obj is not None and obj.status != "pending":
-            return [f.name for f in ContainerJob._meta.fields if f.name != "id"]
-        return MACHINE_FIELDS
+            return [*(f.name for f in ContainerJob._meta.fields if f.name != "id"), "environment"]
+        return [*MACHINE_FIELDS, "environment"]
+
+    @admin.display(description="Override environment (secrets masked)")
+    def environment(self, job: ContainerJob) -> str:
+        from container_manager.jobrules import job_marked_keys
+
+        try:
+            marked = job_marked_keys(job)
+        except ValidationError:
+            marked = parse_name_list(job.secret_keys) if isinstance(job.secret_keys, str) else []
+        return mask_env_text(job.override_environment, marked)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, job: ContainerJob) -> str:
@@ -200,17 +232,23 @@ class ContainerJobAdmin(admin.ModelAdmin):
     @admin.action(description="Re-run selected jobs as new jobs", permissions=["rerun"])
     def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[ContainerJob]) -> None:
         created, refused = [], []
+        invalid: list[str] = []
         for job in queryset:
             try:
                 created.append(rerun_job(job, actor=_actor(request)).pk)
             except JobStateError:
                 refused.append(job.pk)
+            except ValidationError as exc:
+                # E.g. its host was deactivated, or its template changed since: say why, per job.
+                invalid.append(f"job {job.pk}: {_errors(exc)}")
         if created:
             self.message_user(request, f"Created job(s) {', '.join(map(str, created))}.")
         if refused:
             self.message_user(
                 request, f"Not finished yet, not re-run: {', '.join(map(str, refused))}.", messages.WARNING
             )
+        for message in invalid:
+            self.message_user(request, f"Not re-run, it would be refused: {message}", messages.ERROR)
 
 
 @admin.register(ContainerExecution)

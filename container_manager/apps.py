@@ -13,5 +13,9 @@ class ContainerManagerConfig(AppConfig):
     def ready(self) -> None:
         # Fail at start-up, not at the first job, when CONTAINER_MANAGER is misconfigured.
         from container_manager.conf import get_policy
+        from container_manager.hostconfig import check_host_for_build
+        from executors.registry import set_host_check
 
         get_policy()
+        # Every executor built from a host row (daemon, admin, CLI, metrics) passes the settings' checks.
+        set_host_check(check_host_for_build)

@@ -6,6 +6,8 @@ reconciler (again at launch time, for rows written by SQL) read the same numbers
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -46,6 +48,25 @@ class Policy:
     launch_deadline_seconds: float = 300.0
     #: Distinguishes this installation's containers from others' on a shared Docker host.
     instance: str = "default"
+    #: Environment variables of this process that host rows (``executor_config``) may name with
+    #: ``env:NAME``. Empty: ``env:`` references are refused, since anyone who may edit a host
+    #: row could otherwise make the backend read any variable of the web or daemon process.
+    config_env_allowlist: tuple[str, ...] = ()
+
+
+#: What the code can compute with, whatever the settings say: the settings must stay inside
+#: these, and the database refuses values outside them (CHECK constraints), so a row written
+#: by plain SQL cannot make a deadline or a backoff overflow.
+ABSOLUTE_MIN_MEMORY_MB = 6  # Docker refuses a memory limit below 6 MB
+ABSOLUTE_MAX_MEMORY_MB = 2**31 - 1
+ABSOLUTE_MIN_CPU = 0.01
+ABSOLUTE_MAX_CPU = 1024.0
+ABSOLUTE_MAX_SECONDS = 2**31 - 1  # ~68 years: now + this is still a valid date-time
+ABSOLUTE_MAX_RETRIES = 1000
+ABSOLUTE_MAX_CONCURRENT_JOBS = 10_000
+PRIORITY_RANGE = (-32768, 32767)
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -76,8 +97,32 @@ def get_policy() -> Policy:
             )
         values[name] = _coerce(name, value, known[name].default)
     policy = Policy(**values)
-    if policy.default_memory_mb > policy.max_memory_mb:
-        raise ImproperlyConfigured("CONTAINER_MANAGER: DEFAULT_MEMORY_MB exceeds MAX_MEMORY_MB")
-    if policy.default_cpu > policy.max_cpu:
-        raise ImproperlyConfigured("CONTAINER_MANAGER: DEFAULT_CPU exceeds MAX_CPU")
+    _check_bounds(policy)
     return policy
+
+
+def _check_bounds(policy: Policy) -> None:
+    bounds: list[tuple[str, float, float, float]] = [
+        ("MAX_MEMORY_MB", policy.max_memory_mb, ABSOLUTE_MIN_MEMORY_MB, ABSOLUTE_MAX_MEMORY_MB),
+        ("DEFAULT_MEMORY_MB", policy.default_memory_mb, ABSOLUTE_MIN_MEMORY_MB, policy.max_memory_mb),
+        ("MAX_CPU", policy.max_cpu, ABSOLUTE_MIN_CPU, ABSOLUTE_MAX_CPU),
+        ("DEFAULT_CPU", policy.default_cpu, ABSOLUTE_MIN_CPU, policy.max_cpu),
+        ("MAX_TIMEOUT_SECONDS", policy.max_timeout_seconds, 1, ABSOLUTE_MAX_SECONDS),
+        ("DEFAULT_TIMEOUT_SECONDS", policy.default_timeout_seconds, 1, policy.max_timeout_seconds),
+        ("MAX_RETRIES_CAP", policy.max_retries_cap, 0, ABSOLUTE_MAX_RETRIES),
+        ("MAX_CONCURRENT_JOBS_CAP", policy.max_concurrent_jobs_cap, 1, ABSOLUTE_MAX_CONCURRENT_JOBS),
+        (
+            "DEFAULT_MAX_CONCURRENT_JOBS",
+            policy.default_max_concurrent_jobs,
+            1,
+            policy.max_concurrent_jobs_cap,
+        ),
+    ]
+    for name, value, low, high in bounds:
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ImproperlyConfigured(f"CONTAINER_MANAGER[{name!r}] must be between {low} and {high}")
+    bad = [n for n in policy.config_env_allowlist if not (isinstance(n, str) and _ENV_NAME_RE.match(n))]
+    if bad:
+        raise ImproperlyConfigured(
+            f"CONTAINER_MANAGER['CONFIG_ENV_ALLOWLIST'] holds names of environment variables; not {bad!r}"
+        )

@@ -16,13 +16,21 @@ Python literal works):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Names whose values are treated as secrets: a credential-like word anywhere in the name
+#: (PASSWORD, PASSWD, PASSPHRASE, SECRET, TOKEN...), or a component that is one (DB_PASS,
+#: PASS_FILE, MY_KEY, KEY_ID...). Over-masking is the safe mistake.
 SECRET_KEY_RE = re.compile(
-    r"(SECRET|TOKEN|PASSW|PWD|PRIVATE|CREDENTIAL|AUTH|API_?KEY|ACCESS_?KEY|_KEY\Z|\AKEY\Z|DSN|COOKIE|SESSION|SIGNATURE|CERT)",
+    r"SECRET|TOKEN|PASSW|PASSPHRASE|PWD|PRIVATE|CREDENTIAL|AUTH|API_?KEY|ACCESS_?KEY|DSN|COOKIE|SESSION"
+    r"|SIGNATURE|CERT|SALT|BEARER|(?:\A|_)(?:PASS|KEY|PIN|JWT)(?:_|\Z)",
     re.IGNORECASE,
 )
+#: ``scheme://user:password@host``: the password (up to the last ``@`` before the path).
+URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^\s/?#]*(?=@)")
+#: Separators of a ``secret_keys`` list: commas and whitespace.
+_NAME_LIST_RE = re.compile(r"[\s,]+")
 MASK = "********"
 _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
@@ -108,9 +116,44 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY_RE.search(key))
 
 
-def mask_env(env: Mapping[str, str], extra_secret_keys: frozenset[str] = frozenset()) -> dict[str, str]:
-    """A copy of ``env`` safe to show: secret-looking values replaced by a mask."""
-    return {k: (MASK if (is_secret_key(k) or k in extra_secret_keys) else v) for k, v in env.items()}
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by the mask."""
+    if "://" not in text:
+        return text
+    return URL_PASSWORD_RE.sub(lambda mo: mo.group("head") + MASK, text)
+
+
+def has_url_password(value: str) -> bool:
+    return "://" in value and URL_PASSWORD_RE.search(value) is not None
+
+
+def parse_name_list(text: str | None) -> list[str]:
+    """The names of a ``secret_keys`` value ("A, B C"), in order, without empty items."""
+    return [name for name in _NAME_LIST_RE.split(text or "") if name]
+
+
+def secret_keys_of(env: Mapping[str, str], marked: Iterable[str] = ()) -> frozenset[str]:
+    """Names in ``env`` whose values must never be shown: secret-looking names, names the user
+    marked secret, and names whose value holds a password inside a URL."""
+    marked = set(marked)
+    return frozenset(k for k, v in env.items() if k in marked or is_secret_key(k) or has_url_password(v))
+
+
+def mask_env(env: Mapping[str, str], extra_secret_keys: Iterable[str] = frozenset()) -> dict[str, str]:
+    """A copy of ``env`` safe to show: values of secret-looking or marked names replaced by the
+    mask, and passwords inside URLs masked in every other value."""
+    extra = set(extra_secret_keys)
+    return {k: (MASK if (is_secret_key(k) or k in extra) else mask_url_passwords(v)) for k, v in env.items()}
+
+
+def mask_env_text(text: str | None, extra_secret_keys: Iterable[str] = frozenset()) -> str:
+    """Environment text as it may be shown to someone who may not edit it: ``KEY=value`` lines
+    with secret values masked. Text that does not parse is not shown at all."""
+    try:
+        env = parse_env(text)
+    except EnvParseError as exc:
+        return f"(not shown: the text does not parse, {exc})"
+    return "\n".join(f"{k}={v}" for k, v in mask_env(env, extra_secret_keys).items())
 
 
 def render_env(env: Mapping[str, str]) -> str:

@@ -20,10 +20,8 @@ from typing import Any
 
 import structlog
 
-from container_manager.envparse import MASK, is_secret_key
+from container_manager.envparse import MASK, is_secret_key, mask_url_passwords
 
-#: ``scheme://user:password@host``: the password part.
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(?=@)")
 #: ``KEY=value`` (an env entry as Docker and shells write it).
 _ASSIGNMENT_RE = re.compile(r"\A(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)=")
 _MAX_DEPTH = 6
@@ -33,9 +31,7 @@ def _scrub_text(text: str) -> str:
     match = _ASSIGNMENT_RE.match(text)
     if match and is_secret_key(match.group("key")):
         return f"{match.group('key')}={MASK}"
-    if "://" in text:
-        text = _URL_PASSWORD_RE.sub(lambda mo: mo.group("head") + MASK, text)
-    return text
+    return mask_url_passwords(text)
 
 
 def scrub(value: Any, depth: int = 0) -> Any:

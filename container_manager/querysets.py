@@ -6,7 +6,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from container_manager.states import ACTIVE, LIVE, LIVE_EXECUTION_VALUES, TERMINAL, JobStatus
@@ -24,9 +25,13 @@ class ExecutorHostQuerySet(models.QuerySet["ExecutorHost"]):
         return self.filter(executor_type=executor_type)
 
     def with_running_count(self) -> ExecutorHostQuerySet:
-        """Annotate ``running_jobs``: live attempts on each host, in the same query."""
+        """Annotate ``running_jobs`` (live attempts on each host) and ``capacity`` (the host's
+        ``effective_max_concurrent_jobs``: its limit within the settings' cap), in the same query."""
+        from container_manager.conf import get_policy
+
         return self.annotate(
-            running_jobs=models.Count("executions", filter=Q(executions__status__in=LIVE_EXECUTION_VALUES))
+            running_jobs=models.Count("executions", filter=Q(executions__status__in=LIVE_EXECUTION_VALUES)),
+            capacity=Least(F("max_concurrent_jobs"), Value(get_policy().max_concurrent_jobs_cap)),
         )
 
 
@@ -85,7 +90,11 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
         )
 
     def create_many(self, jobs: list[ContainerJob], *, batch_size: int = 500) -> list[ContainerJob]:
-        """Validate every job, then insert them all in one transaction (all or nothing)."""
+        """Validate every job, then insert them all in one transaction (all or nothing).
+
+        Unlike this, Django's ``bulk_create()`` (like ``update()``) skips validation, as SQL
+        does: only the database's CHECK constraints and the launch-time check apply.
+        """
         from django.core.exceptions import ValidationError
 
         errors: dict[str, Any] = {}
@@ -102,7 +111,10 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
         if errors:
             raise ValidationError(errors)
         with transaction.atomic():
-            return self.bulk_create(jobs, batch_size=batch_size)
+            created = self.bulk_create(jobs, batch_size=batch_size)
+        for job in created:
+            job._remember_fixed()
+        return created
 
 
 class ContainerExecutionQuerySet(models.QuerySet[Any]):

@@ -18,35 +18,24 @@ Why it looks the way it does (see DESIGN.md sections 4, 5 and 7):
 * The client is created lazily (the first call that needs the daemon), so a host whose
   daemon is down can still be configured and health-checked.
 
-Configuration (``ExecutorHost.executor_config``), all optional:
-
-``api_timeout`` (s, 30), ``allow_pull`` (False), ``pull_timeout`` (s, 300), ``network``
-("bridge"; "none" isolates jobs, "host" and "container:..." are refused), ``runtime`` (e.g.
-"runsc"), ``read_only`` (False; a small tmpfs is mounted on /tmp when True), ``tmpfs_size_mb``
-(64), ``tls_ca_cert`` / ``tls_client_cert`` / ``tls_client_key`` (file paths or ``env:VAR``
-naming a variable that holds the path), ``tls_verify`` (True when TLS material is given),
-``use_ssh_client`` (shell out to ``ssh`` for ssh:// hosts instead of paramiko),
-``max_pool_size`` (16), ``api_version`` ("auto").
+Configuration (``ExecutorHost.executor_config``): see ``executors.docker_config``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
-import os
 import random
 import re
-import shutil
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -55,9 +44,11 @@ import requests
 import tenacity
 import urllib3
 from docker.types.daemon import CancellableStream
-from docker.utils import convert_filters, kwargs_from_env, parse_repository_tag
+from docker.utils import convert_filters, parse_repository_tag
 
+from executors import docker_config
 from executors.base import DEFAULT_LOG_TAIL_BYTES, BoundedTail, Executor
+from executors.docker_config import CONFIG_KEYS, DEFAULT_BASE_URL, _validate_network
 from executors.exceptions import (
     ConfigurationError,
     Conflict,
@@ -87,28 +78,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_BASE_URL = "unix:///var/run/docker.sock"
 MIB = 1024 * 1024
-
-CONFIG_KEYS = frozenset(
-    {
-        "api_timeout",
-        "allow_pull",
-        "pull_timeout",
-        "network",
-        "runtime",
-        "read_only",
-        "tmpfs_size_mb",
-        "tls_ca_cert",
-        "tls_client_cert",
-        "tls_client_key",
-        "tls_verify",
-        "use_ssh_client",
-        "max_pool_size",
-        "api_version",
-    }
-)
-_TLS_KEYS = ("tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify")
 
 #: Docker's State.Status -> our state. "paused"/"restarting" still occupy the slot; "dead" and
 #: "removing" are finished as far as the job is concerned.
@@ -137,7 +107,14 @@ _PERMANENT_SERVER_ERRORS = (
     "no such file or directory",
     "not a directory",
     "exec format error",
+    "argument list too long",
 )
+#: Linux limits on the environment a program starts with (execve(2), "Limits on size of
+#: arguments and environment"): one string at most MAX_ARG_STRLEN (32 pages, 128 KiB) with its
+#: NUL, and argv plus envp (strings and pointers) at most a quarter of the stack limit, 2 MiB
+#: under the default 8 MiB stack.
+MAX_ARG_STRLEN = 128 * 1024
+MAX_ENVIRONMENT_BYTES = 2 * 1024 * 1024
 
 _DOCKER_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 _EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
@@ -352,115 +329,6 @@ def _blocks(response: requests.Response, live: bool) -> Iterator[bytes]:
         yield block
 
 
-# Configuration ----------------------------------------------------------------------------
-
-
-def _bool(config: dict[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in (
-        "true",
-        "yes",
-        "1",
-        "on",
-        "false",
-        "no",
-        "0",
-        "off",
-    ):
-        return value.strip().lower() in ("true", "yes", "1", "on")
-    raise ConfigurationError(f"docker executor config {key!r} must be true or false, got {value!r}")
-
-
-def _number(config: dict[str, Any], key: str, default: float, minimum: float = 0.0) -> float:
-    value = config.get(key, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"docker executor config {key!r} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number <= minimum:
-        raise ConfigurationError(f"docker executor config {key!r} must be greater than {minimum:g}")
-    return number
-
-
-def _path(config: dict[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str):
-        raise ConfigurationError(f"docker executor config {key!r} must be a file path")
-    if value.startswith("env:"):
-        variable = value[4:]
-        resolved = os.environ.get(variable)
-        if not resolved:
-            raise ConfigurationError(f"docker executor config {key!r} names ${variable}, which is not set")
-        value = resolved
-    if not os.path.isfile(value):
-        raise ConfigurationError(f"docker executor config {key!r}: no such file {value!r}")
-    return value
-
-
-def _validate_network(network: str) -> str:
-    if not isinstance(network, str) or not network.strip():
-        raise ConfigurationError("docker executor config 'network' must be a network name")
-    network = network.strip()
-    if network == "host" or network.startswith("container:"):
-        raise ConfigurationError(
-            f"network mode {network!r} is refused: jobs must never share the host's or another "
-            "container's network namespace (use 'bridge', 'none' or a named network)"
-        )
-    return network
-
-
-def _normalise_base_url(connection_string: str) -> str:
-    url = (connection_string or "").strip()
-    if not url:
-        return str(kwargs_from_env().get("base_url") or DEFAULT_BASE_URL)
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        if not parsed.path:
-            raise ConfigurationError(f"{url!r}: a unix connection string is unix:///path/to/docker.sock")
-    elif parsed.scheme in ("tcp", "http", "https"):
-        if not parsed.hostname:
-            raise ConfigurationError(f"{url!r}: a tcp connection string is tcp://host:port")
-    elif parsed.scheme == "ssh":
-        if not parsed.hostname:
-            raise ConfigurationError(f"{url!r}: an ssh connection string is ssh://user@host")
-    else:
-        raise ConfigurationError(
-            f"unsupported Docker connection string {url!r}: use unix:///path, tcp://host:port or ssh://user@host"
-        )
-    return url
-
-
-def _tls_config(config: dict[str, Any], base_url: str, from_env: bool) -> docker.tls.TLSConfig | bool:
-    given = [k for k in _TLS_KEYS if k in config]
-    scheme = urlparse(base_url).scheme
-    if not given:
-        if from_env:
-            return kwargs_from_env().get("tls") or False
-        return scheme == "https"
-    if scheme not in ("tcp", "https"):
-        raise ConfigurationError(f"TLS settings {given} only apply to tcp:// hosts, not {scheme}://")
-    ca = _path(config, "tls_ca_cert")
-    cert = _path(config, "tls_client_cert")
-    key = _path(config, "tls_client_key")
-    if bool(cert) != bool(key):
-        raise ConfigurationError("tls_client_cert and tls_client_key must be given together")
-    verify = _bool(config, "tls_verify", True)
-    if not (ca or cert) and not verify:
-        return False
-    try:
-        return docker.tls.TLSConfig(
-            client_cert=(cert, key) if cert and key else None,
-            ca_cert=ca,
-            verify=ca if (verify and ca) else verify,
-        )
-    except docker.errors.TLSParameterError as exc:
-        raise ConfigurationError(f"invalid TLS settings: {exc}") from exc
-
-
 # The executor -------------------------------------------------------------------------------
 
 
@@ -525,50 +393,40 @@ class DockerExecutor(Executor):
         self._streams: set[CancellableStream] = set()
         #: container name -> its exit as the 'die' event reported it (see ``inspect``).
         self._exits: OrderedDict[str, Observed] = OrderedDict()
+        #: Values read from the environment for the configuration: never in a message.
+        self._hidden: tuple[str, ...] = ()
+
+    @classmethod
+    def check_config(cls, connection_string: str, config: Mapping[str, Any]) -> None:
+        """Refuse a host row's settings without the network, credentials or local files."""
+        docker_config.check_config(connection_string, config)
+
+    @classmethod
+    def check_environment(cls, env: Mapping[str, str]) -> list[str]:
+        """Variables no Linux program could start with (execve(2) would fail with E2BIG)."""
+        problems = []
+        total = 0
+        for key, value in env.items():
+            size = len(f"{key}={value}".encode("utf-8", "surrogatepass")) + 1
+            total += size + 8  # the string, its NUL and its pointer in envp
+            if size > MAX_ARG_STRLEN:
+                problems.append(
+                    f"{key}: Linux refuses one environment string (KEY=VALUE) over {MAX_ARG_STRLEN // 1024} KiB"
+                )
+        if total > MAX_ENVIRONMENT_BYTES:
+            problems.append(
+                f"the environment is {total // 1024} KiB; Linux starts no program with more than "
+                f"{MAX_ENVIRONMENT_BYTES // 1024} KiB of arguments and environment"
+            )
+        return problems
 
     @classmethod
     def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> DockerExecutor:
         """Build from an ``ExecutorHost`` row; raises ``ConfigurationError`` naming what is wrong."""
-        config = dict(config or {})
-        unknown = sorted(set(config) - CONFIG_KEYS)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown docker executor config keys for host {name!r}: {unknown}; "
-                f"known keys are {sorted(CONFIG_KEYS)}"
-            )
-        base_url = _normalise_base_url(connection_string)
-        tls = _tls_config(config, base_url, from_env=not (connection_string or "").strip())
-        use_ssh_client = _bool(config, "use_ssh_client", False)
-        if urlparse(base_url).scheme == "ssh":
-            if use_ssh_client and not shutil.which("ssh"):
-                raise ConfigurationError("use_ssh_client is set but there is no ssh binary on PATH")
-            if not use_ssh_client and importlib.util.find_spec("paramiko") is None:
-                raise ConfigurationError(
-                    "ssh:// hosts need paramiko (pip install paramiko) or use_ssh_client: true"
-                )
-        elif "use_ssh_client" in config:
-            raise ConfigurationError("use_ssh_client only applies to ssh:// hosts")
-        runtime = config.get("runtime")
-        if runtime is not None and (not isinstance(runtime, str) or not runtime.strip()):
-            raise ConfigurationError("docker executor config 'runtime' must be a runtime name")
-        api_version = config.get("api_version", "auto")
-        if not isinstance(api_version, str) or not re.match(r"^(auto|\d+\.\d+)$", api_version):
-            raise ConfigurationError("docker executor config 'api_version' must be 'auto' or like '1.41'")
-        return cls(
-            base_url,
-            name=name,
-            api_timeout=_number(config, "api_timeout", 30.0),
-            allow_pull=_bool(config, "allow_pull", False),
-            pull_timeout=_number(config, "pull_timeout", 300.0),
-            network=_validate_network(config.get("network", "bridge")),
-            runtime=runtime,
-            read_only=_bool(config, "read_only", False),
-            tmpfs_size_mb=int(_number(config, "tmpfs_size_mb", 64, minimum=0)),
-            tls=tls,
-            use_ssh_client=use_ssh_client,
-            max_pool_size=int(_number(config, "max_pool_size", 16, minimum=0)),
-            api_version=api_version,
-        )
+        settings = docker_config.read_config(connection_string, dict(config or {}))
+        executor = cls(settings.base_url, name=name, **settings.kwargs)
+        executor._hidden = tuple(settings.from_environment)
+        return executor
 
     def __repr__(self) -> str:
         return f"DockerExecutor(name={self.name!r}, base_url={self.base_url!r})"
@@ -599,9 +457,11 @@ class DockerExecutor(Executor):
                         max_pool_size=self.max_pool_size,
                     )
                 except docker.errors.TLSParameterError as exc:
-                    raise ConfigurationError(f"invalid TLS settings: {exc}") from exc
+                    detail = scrub(str(exc), self._hidden)
+                    raise ConfigurationError(f"invalid TLS settings: {detail}") from None
                 except Exception as exc:
-                    raise Unavailable(f"cannot reach Docker at {self.base_url}: {_explain(exc)}") from exc
+                    detail = scrub(_explain(exc), self._hidden)
+                    raise Unavailable(f"cannot reach Docker at {self.base_url}: {detail}") from None
                 client.timeout = self.api_timeout
                 self._api = client
             return self._api
@@ -624,7 +484,7 @@ class DockerExecutor(Executor):
         """Any failure -> our exception tree; the message is scrubbed of ``secrets``."""
         if isinstance(exc, ExecutorError):
             return exc
-        detail = scrub(_explain(exc), secrets)
+        detail = scrub(_explain(exc), (*secrets, *self._hidden))
         prefix = f"{what}: " if what else ""
         if isinstance(exc, docker.errors.ImageNotFound):
             return ImageNotFound(f"{prefix}{detail}")
@@ -743,6 +603,7 @@ class DockerExecutor(Executor):
             problems.append("cpu must be positive")
         if spec.pids_limit <= 0:
             problems.append("pids_limit must be positive")
+        problems.extend(self.check_environment(spec.env_dict))
         if problems:
             raise InvalidSpec(f"invalid container spec {spec.name!r}: {'; '.join(problems)}")
 
@@ -1175,4 +1036,4 @@ class DockerExecutor(Executor):
                 pass
 
 
-__all__ = ["DEFAULT_BASE_URL", "DockerExecutor", "iter_frames", "parse_docker_time", "scrub"]
+__all__ = ["CONFIG_KEYS", "DEFAULT_BASE_URL", "DockerExecutor", "iter_frames", "parse_docker_time", "scrub"]

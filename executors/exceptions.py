@@ -45,3 +45,8 @@ class HostMisconfigured(Unavailable):
 
 class ConfigurationError(ExecutorError):
     """The executor host is configured wrongly (connection string or config)."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        #: The host row's field at fault, "connection_string" or "executor_config" (None: the config).
+        self.field = field

@@ -20,7 +20,7 @@ import fnmatch
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -170,10 +170,28 @@ class MockExecutor(Executor):
         self.started: list[str] = []
 
     @classmethod
-    def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> MockExecutor:
+    def check_config(cls, connection_string: str, config: Mapping[str, Any]) -> None:
+        """The mock takes two keys: ``latency`` (seconds, 0 to 60) and ``healthy`` (true/false)."""
+        if not isinstance(config, Mapping):
+            raise ConfigurationError("mock executor config must be a JSON object")
         unknown = set(config) - {"latency", "healthy"}
         if unknown:
-            raise ConfigurationError(f"unknown mock executor config keys: {sorted(unknown)}")
+            raise ConfigurationError(f"unknown mock executor config keys: {sorted(map(str, unknown))}")
+        latency = config.get("latency", 0.0)
+        try:
+            seconds = float(latency) if isinstance(latency, int | float | str) else -1.0
+        except ValueError:
+            seconds = -1.0
+        if isinstance(latency, bool) or not 0 <= seconds <= 60:
+            raise ConfigurationError(
+                "mock executor config 'latency' must be a number of seconds from 0 to 60"
+            )
+        if not isinstance(config.get("healthy", True), bool):
+            raise ConfigurationError("mock executor config 'healthy' must be true or false")
+
+    @classmethod
+    def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> MockExecutor:
+        cls.check_config(connection_string, config)
         return cls(
             name=name,
             latency=float(config.get("latency", 0.0)),

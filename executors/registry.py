@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from executors.base import Executor
@@ -35,6 +35,15 @@ class HostLike(Protocol):
 
 _cache: dict[tuple[Any, ...], Executor] = {}
 _lock = threading.Lock()
+#: Run before an executor is built from a row; raises ``ConfigurationError`` to refuse it.
+#: The Django app installs its settings-based check here (``set_host_check``) at start-up.
+_host_check: Callable[[HostLike], None] | None = None
+
+
+def set_host_check(check: Callable[[HostLike], None] | None) -> None:
+    """Install (or remove, with None) the check every host row passes before it is built."""
+    global _host_check
+    _host_check = check
 
 
 def backend_class(executor_type: str) -> type[Executor]:
@@ -68,6 +77,8 @@ def get_executor(host: HostLike) -> Executor:
         stale = [k for k in _cache if k[0] == host.pk]
         for k in stale:
             _cache.pop(k).close()
+    if _host_check is not None:
+        _host_check(host)
     cls = backend_class(host.executor_type)
     executor = cls.from_config(host.connection_string, dict(host.executor_config or {}), host.name)
     with _lock:

@@ -104,8 +104,10 @@ def _host_rows(host_names: Iterable[str] | None) -> list[tuple[str, int, int]]:
     The count reads only the index ``cm_execution_host_status_idx``, however many finished
     attempts the table holds; a LEFT JOIN + GROUP BY would walk every attempt of every host.
     """
-    from django.db.models import Count, IntegerField, OuterRef, Subquery
-    from django.db.models.functions import Coalesce
+    from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce, Least
+
+    from container_manager.conf import get_policy
 
     live = (
         _model("ContainerExecution")
@@ -118,10 +120,15 @@ def _host_rows(host_names: Iterable[str] | None) -> list[tuple[str, int, int]]:
     hosts = _model("ExecutorHost").objects.filter(is_active=True)
     if host_names:
         hosts = hosts.filter(name__in=list(host_names))
+    cap = get_policy().max_concurrent_jobs_cap
     rows = (
         hosts.order_by("name")
-        .annotate(running=Coalesce(Subquery(live, output_field=IntegerField()), 0))
-        .values_list("name", "running", "max_concurrent_jobs")
+        .annotate(
+            running=Coalesce(Subquery(live, output_field=IntegerField()), 0),
+            # The limit the scheduler applies (ExecutorHost.effective_max_concurrent_jobs).
+            capacity=Least(F("max_concurrent_jobs"), Value(cap)),
+        )
+        .values_list("name", "running", "capacity")
     )
     return [(name, int(running), int(capacity)) for name, running, capacity in rows]
 

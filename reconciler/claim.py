@@ -59,7 +59,7 @@ def claim_due(
     result = Claimed()
     with transaction.atomic():
         check_fence()
-        hosts = lock_hosts(policy, host_names)
+        hosts = lock_hosts(host_names)
         slots = [s for _, s in hosts]
         open_hosts = [s.pk for s in slots if s.free > 0]
         if not open_hosts:

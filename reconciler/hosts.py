@@ -17,7 +17,6 @@ from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from container_manager.conf import Policy
 from container_manager.models import ContainerExecution, ExecutorHost, HealthStatus
 from container_manager.states import LIVE_EXECUTION_VALUES
 from executors.exceptions import ExecutorError
@@ -33,11 +32,6 @@ class HostSlots:
     name: str
     #: attempts it may still take now.
     free: int
-
-
-def capacity(host: ExecutorHost, policy: Policy) -> int:
-    """The host's concurrency limit, never above the policy's cap (rows written by SQL included)."""
-    return max(0, min(int(host.max_concurrent_jobs), policy.max_concurrent_jobs_cap))
 
 
 def assign(jobs: Sequence[tuple[int, int | None]], hosts: Sequence[HostSlots]) -> dict[int, int]:
@@ -63,9 +57,7 @@ def assign(jobs: Sequence[tuple[int, int | None]], hosts: Sequence[HostSlots]) -
     return placed
 
 
-def lock_hosts(
-    policy: Policy, host_names: Collection[str] | None = None
-) -> list[tuple[ExecutorHost, HostSlots]]:
+def lock_hosts(host_names: Collection[str] | None = None) -> list[tuple[ExecutorHost, HostSlots]]:
     """Usable hosts (all, or the named ones) with their free slots, locked until the transaction ends.
 
     A host is usable while it is active and not known to be unhealthy: jobs pinned to an
@@ -88,7 +80,7 @@ def lock_hosts(
         hosts = hosts.select_for_update(of=("self",))
     result = []
     for host in hosts.order_by("pk"):
-        free = max(0, capacity(host, policy) - host.running)  # type: ignore[attr-defined]
+        free = max(0, host.effective_max_concurrent_jobs - host.running)  # type: ignore[attr-defined]
         result.append((host, HostSlots(host.pk, host.name, free)))
     return result
 

@@ -18,7 +18,6 @@ from container_manager.states import ExecutionStatus, JobStatus, Reason
 from container_manager.validation import parse_retry_on
 from executors.types import ContainerSpec
 from reconciler import decide as d
-from reconciler.spec import effective_limits
 
 
 @dataclass
@@ -58,11 +57,9 @@ def job_view(job: ContainerJob, policy: Policy) -> d.JobView:
         retry_on = parse_retry_on(job.retry_on)
     except ValidationError:
         retry_on = frozenset()
-    try:
-        timeout = int(effective_limits(job, policy)["timeout_seconds"])
-    except ValidationError:
-        # Caught at the claim as an invalid row; a live attempt keeps the default.
-        timeout = policy.default_timeout_seconds
+    # Written at the claim (the settings' default when the row had none), so set for every
+    # live attempt; a waiting job's timeout is not read.
+    timeout = job.timeout_seconds if isinstance(job.timeout_seconds, int) else policy.default_timeout_seconds
     return d.JobView(
         id=job.pk,
         status=JobStatus(job.status),

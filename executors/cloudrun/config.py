@@ -99,7 +99,8 @@ def parse_config(connection_string: str, config: Mapping[str, Any] | None) -> Se
     if not match:
         raise ConfigurationError(
             "Cloud Run connection string must be projects/PROJECT_ID/locations/REGION, "
-            f"got {connection_string!r}"
+            f"got {connection_string!r}",
+            field="connection_string",
         )
     if config is not None and not isinstance(config, Mapping):
         raise ConfigurationError("Cloud Run executor config must be an object")

@@ -17,6 +17,7 @@ from container_manager.models import (
     ExecutorHost,
     JobEvent,
 )
+from tests.adminforms import job_form
 
 pytestmark = pytest.mark.django_db
 
@@ -259,38 +260,10 @@ def test_view_only_user_cannot_change_a_job(client: Client) -> None:
 
 # Add and edit forms -------------------------------------------------------------------------
 
-INLINES = {
-    f"{prefix}-{key}": value
-    for prefix in ("executions", "events")
-    for key, value in (
-        ("TOTAL_FORMS", "0"),
-        ("INITIAL_FORMS", "0"),
-        ("MIN_NUM_FORMS", "0"),
-        ("MAX_NUM_FORMS", "0"),
-    )
-}
-
-
-def _form(**fields: Any) -> dict[str, Any]:
-    data = {
-        "name": "",
-        "image": "busybox",
-        "command": "echo hi",
-        "override_environment": "",
-        "max_retries": "0",
-        "retry_backoff_seconds": "5",
-        "retry_backoff_max_seconds": "300",
-        "retry_on": "exit_code",
-        "priority": "0",
-        **INLINES,
-    }
-    data.update(fields)
-    return data
-
 
 def test_add_job_through_the_admin(admin_client: Client, mock_host: ExecutorHost) -> None:
     response = admin_client.post(
-        url("containerjob", "add"), _form(name="via-admin", docker_host=str(mock_host.pk))
+        url("containerjob", "add"), job_form(name="via-admin", docker_host=str(mock_host.pk))
     )
     assert response.status_code == 302, response.context and response.context["adminform"].form.errors
     job = ContainerJob.objects.get()
@@ -315,7 +288,7 @@ def test_add_job_through_the_admin(admin_client: Client, mock_host: ExecutorHost
 def test_invalid_add_shows_the_field_error_and_creates_nothing(
     admin_client: Client, fields: dict[str, str], field: str
 ) -> None:
-    response = admin_client.post(url("containerjob", "add"), _form(**fields))
+    response = admin_client.post(url("containerjob", "add"), job_form(**fields))
     assert response.status_code == 200
     form = response.context["adminform"].form
     assert field in form.errors
@@ -326,7 +299,7 @@ def test_invalid_add_shows_the_field_error_and_creates_nothing(
 def test_status_is_not_a_form_field(admin_client: Client) -> None:
     job = _job(name="a")
     response = admin_client.post(
-        url("containerjob", "change", job.pk), _form(name="b", status="completed", attempts="9")
+        url("containerjob", "change", job.pk), job_form(name="b", status="completed", attempts="9")
     )
     assert response.status_code == 302
     job.refresh_from_db()
@@ -341,7 +314,7 @@ def test_running_job_is_read_only_in_the_admin(admin_client: Client) -> None:
     before = ContainerJob.objects.filter(pk=job.pk).values().get()
     response = admin_client.post(
         url("containerjob", "change", job.pk),
-        _form(name="hijacked", image="evil", memory_limit="1024", status="completed"),
+        job_form(name="hijacked", image="evil", memory_limit="1024", status="completed"),
         follow=True,
     )
     assert response.status_code == 200
@@ -355,6 +328,6 @@ def test_job_claimed_while_the_form_was_open_is_not_overwritten(admin_client: Cl
     assert admin_client.get(url("containerjob", "change", job.pk)).status_code == 200
     # The daemon claims it before the admin presses save.
     ContainerJob.objects.filter(pk=job.pk).update(status="launching", attempts=1)
-    admin_client.post(url("containerjob", "change", job.pk), _form(name="b"))
+    admin_client.post(url("containerjob", "change", job.pk), job_form(name="b"))
     job.refresh_from_db()
     assert (job.name, job.status, job.attempts) == ("a", "launching", 1)

@@ -90,7 +90,7 @@ def test_submit_json_output_and_defaults() -> None:
         (["--image", "busybox", "--host", "nosuch"], "no executor host named 'nosuch'"),
         (["--image", "busybox", "--template", "nosuch"], "no environment template named 'nosuch'"),
         (["--image", "busybox", "--env", "NOEQUALS"], "--env: expected KEY=VALUE"),
-        (["--image", "busybox", "--env", "1BAD=x"], "override_environment"),
+        (["--image", "busybox", "--env", "1BAD=x"], "--env: '1BAD' is not a variable name"),
         (["--image", "busybox", "--memory", "0"], "must be at least 1"),
         (["--image", "busybox", "--cpu", "lots"], "--cpu"),
         ([], "give --image"),

@@ -81,19 +81,15 @@ def test_save_validates_edits_and_writes_nothing_when_invalid() -> None:
     assert ContainerJob.objects.get(pk=job.pk).memory_limit == 256
 
 
-def test_save_never_writes_machine_fields() -> None:
+def test_save_refuses_changed_machine_fields_and_writes_nothing() -> None:
     job = _job()
+    before = ContainerJob.objects.filter(pk=job.pk).values().get()
     job.status, job.attempts, job.exit_code, job.finished_at = "completed", 7, 0, timezone.now()
     job.name = "renamed"
-    job.save()
-    row = ContainerJob.objects.get(pk=job.pk)
-    assert (row.status, row.attempts, row.exit_code, row.finished_at, row.name) == (
-        "pending",
-        0,
-        None,
-        None,
-        "renamed",
-    )
+    with pytest.raises(JobStateError) as info:
+        job.save()
+    assert all(name in str(info.value) for name in ("status", "attempts", "exit_code", "finished_at"))
+    assert ContainerJob.objects.filter(pk=job.pk).values().get() == before
 
 
 def test_save_with_update_fields_writes_only_those() -> None:
@@ -324,6 +320,7 @@ def test_validate_format_reports_the_line() -> None:
 
 def test_get_environment_variables_dict_on_text_broken_by_sql() -> None:
     template = EnvironmentVariableTemplate.objects.create(name="t", environment_variables_text="A=1")
+    job = _job(environment_template=template)
     EnvironmentVariableTemplate.objects.filter(pk=template.pk).update(
         environment_variables_text="TOKEN='hunter2"
     )
@@ -332,9 +329,14 @@ def test_get_environment_variables_dict_on_text_broken_by_sql() -> None:
         template.get_environment_variables_dict()
     assert "environment_variables_text" in info.value.message_dict
     assert "hunter2" not in str(info.value)
-    job = _job(environment_template=template)
-    with pytest.raises(ValidationError):
+    job = ContainerJob.objects.get(pk=job.pk)
+    with pytest.raises(ValidationError) as info:
         job.get_all_environment_variables()
+    assert "hunter2" not in str(info.value)
+    # A new job naming the broken template is refused, naming the template and the line.
+    with pytest.raises(ValidationError) as info:
+        _job(environment_template=template)
+    assert "line 1" in info.value.message_dict["environment_template"][0]
 
 
 # History ------------------------------------------------------------------------------------

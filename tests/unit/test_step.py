@@ -498,30 +498,6 @@ def test_log_context_carries_attempt_and_host_during_the_step_only(host: Executo
     assert "attempt" not in structlog.contextvars.get_contextvars()
 
 
-def test_a_row_of_the_wrong_type_written_by_sql_fails_instead_of_wedging(
-    world: World, host: ExecutorHost
-) -> None:
-    """SQLite stores 'abc' in an integer column; PostgreSQL refuses it at the INSERT."""
-    from django.db import DataError, transaction
-
-    insert = "INSERT INTO container_manager_containerjob (image, command, memory_limit) VALUES (%s, %s, %s)"
-    if connection.vendor == "postgresql":
-        with pytest.raises(DataError), transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(insert, ["busybox", "echo hi", "abc"])
-        assert not ContainerJob.objects.exists()
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(insert, ["busybox", "echo hi", "abc"])
-    job_id = ContainerJob.objects.values_list("pk", flat=True).get()
-    world.reconciler().reconcile(job_id)
-    status, reason, message = ContainerJob.objects.values_list(
-        "status", "failure_reason", "status_message"
-    ).get()
-    assert (status, reason) == (JobStatus.FAILED, Reason.INVALID_SPEC)
-    assert "memory_limit" in message
-    assert world.executors.get(host.pk) is None or world.executors[host.pk].created == []
-
-
 def test_a_host_capacity_raised_by_sql_is_still_capped(world: World, settings: Any) -> None:
     settings.CONTAINER_MANAGER = {"MAX_CONCURRENT_JOBS_CAP": 2, "DEFAULT_MAX_CONCURRENT_JOBS": 2}
     big = ExecutorHost.objects.create(name="big", executor_type="mock", max_concurrent_jobs=2)

@@ -368,12 +368,20 @@ def test_host_rules(overrides: dict[str, Any], field: str) -> None:
     "config",
     [
         {"tls_client_key": "/etc/docker/key.pem", "tls_client_cert": "/etc/docker/cert.pem"},
-        {"api_token": "env:RUN_TOKEN"},
-        {"timeout": 30, "tls_verify": True},
+        {"tls_ca_cert": "env:DOCKER_CA_PATH"},
+        {"api_timeout": 30, "tls_verify": True},
     ],
 )
-def test_credentials_as_paths_or_env_references_are_accepted(config: dict[str, Any]) -> None:
-    host = ExecutorHost.objects.create(name="h", executor_type="docker", executor_config=config)
+def test_credentials_as_paths_or_allowed_env_references_are_accepted(
+    config: dict[str, Any], settings: Any
+) -> None:
+    settings.CONTAINER_MANAGER = {"CONFIG_ENV_ALLOWLIST": ["DOCKER_CA_PATH"]}
+    host = ExecutorHost.objects.create(
+        name="h",
+        executor_type="docker",
+        connection_string="tcp://docker.internal:2376",
+        executor_config=config,
+    )
     host.refresh_from_db()
     assert host.executor_config == config
 

@@ -23,7 +23,7 @@ from container_manager.management.commands.process_jobs import positive_int
 from container_manager.models import USER_EDITABLE_FIELDS
 from container_manager.states import JobStatus
 
-_DURATION_RE = re.compile(r"\A(\d+)([smhdw])\Z")
+_DURATION_RE = re.compile(r"\A(\d+)([smhdw])\Z", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: Fields of a submitted job: the model's user-editable ones, with relations named by name.
 SUBMIT_FIELDS = (
@@ -35,6 +35,41 @@ SUBMIT_FIELDS = (
 }
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: json.loads would silently keep the last."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_env_options(items: list[str], option: str, env: dict[str, str]) -> None:
+    """Add ``KEY=VALUE`` options to ``env``; a key given twice is a mistake, not "the last wins"."""
+    from container_manager.envparse import KEY_RE
+
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CommandError(f"{option}: expected KEY=VALUE, got {key[:60]!r}")
+        if not KEY_RE.match(key):
+            raise CommandError(
+                f"{option}: {key[:60]!r} is not a variable name (letters, digits and '_', not starting with a digit)"
+            )
+        if key in env:
+            raise CommandError(f"{option}: {key} is given twice; give each variable once")
+        env[key] = value
+
+
 def duration(value: str) -> timedelta:
     match = _DURATION_RE.match(value.strip())
     if not match:
@@ -44,6 +79,8 @@ def duration(value: str) -> timedelta:
 
 def job_id(value: str) -> int:
     try:
+        if not value.strip().isascii():
+            raise ValueError(value)
         number = int(value)
     except ValueError:
         raise ArgumentTypeError(f"a job id is a number, got {value!r}") from None
@@ -98,6 +135,13 @@ class Command(BaseCommand):
         submit.add_argument("--host", help="Pin to this executor host (name).")
         submit.add_argument("--template", help="Environment template (name).")
         submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="Repeatable.")
+        submit.add_argument(
+            "--secret-env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Like --env, and the value is marked secret: never shown by show, the admin or logs.",
+        )
         submit.add_argument("--memory", type=positive_int, dest="memory_limit", help="Memory limit in MB.")
         submit.add_argument("--cpu", type=float, dest="cpu_limit", help="CPU limit in cores.")
         submit.add_argument(
@@ -179,7 +223,7 @@ class Command(BaseCommand):
     # Actions --------------------------------------------------------------------------
 
     def _build_job(self, spec: dict[str, Any], where: str) -> Any:
-        from container_manager.envparse import render_env
+        from container_manager.envparse import KEY_RE, render_env
         from container_manager.models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 
         unknown = set(spec) - SUBMIT_FIELDS
@@ -187,10 +231,16 @@ class Command(BaseCommand):
             raise CommandError(f"{where}: unknown fields {sorted(unknown)}; allowed: {sorted(SUBMIT_FIELDS)}")
         values = {k: v for k, v in spec.items() if k not in ("host", "template", "env") and v is not None}
         if isinstance(values.get("run_after"), str):
-            parsed = parse_datetime(values["run_after"])
+            try:
+                parsed = parse_datetime(values["run_after"])
+            except ValueError:  # well formed but not a date, e.g. month 13
+                parsed = None
             if parsed is None:
                 raise CommandError(f"{where}: run_after: expected an ISO 8601 date-time")
             values["run_after"] = parsed
+        for field in ("host", "template"):
+            if spec.get(field) is not None and not isinstance(spec[field], str):
+                raise CommandError(f"{where}: {field}: expected a name (text)")
         job = ContainerJob(**values)
         if spec.get("host"):
             try:
@@ -207,6 +257,9 @@ class Command(BaseCommand):
         env = spec.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise CommandError(f"{where}: env: expected an object of string values")
+        bad = [k for k in env if not KEY_RE.match(k)]
+        if bad:
+            raise CommandError(f"{where}: env: {bad[0][:60]!r} is not a variable name")
         job.override_environment = render_env(env)
         job.created_by = "cli"
         return job
@@ -219,12 +272,11 @@ class Command(BaseCommand):
         else:
             if not options["image"]:
                 raise CommandError("submit: give --image (or --file with one job per line)")
-            env = {}
-            for item in options["env"]:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise CommandError(f"--env: expected KEY=VALUE, got {key!r}")
-                env[key] = value
+            env: dict[str, str] = {}
+            parse_env_options(options["env"], "--env", env)
+            plain = set(env)
+            parse_env_options(options["secret_env"], "--secret-env", env)
+            secret = [key for key in env if key not in plain]
             specs = [
                 {
                     "image": options["image"],
@@ -233,6 +285,7 @@ class Command(BaseCommand):
                     "host": options["host"],
                     "template": options["template"],
                     "env": env,
+                    "secret_keys": secret or None,
                     "memory_limit": options["memory_limit"],
                     "cpu_limit": options["cpu_limit"],
                     "timeout_seconds": options["timeout_seconds"],
@@ -272,9 +325,13 @@ class Command(BaseCommand):
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
                 try:
-                    spec = json.loads(line)
+                    spec = json.loads(line, object_pairs_hook=_unique_object, parse_constant=_no_constant)
                 except json.JSONDecodeError as exc:
                     raise CommandError(f"line {lineno}: not valid JSON ({exc.msg})") from None
+                except DuplicateKey as exc:
+                    raise CommandError(f"line {lineno}: {exc} is given twice in one object") from None
+                except (ValueError, RecursionError) as exc:
+                    raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
                 if not isinstance(spec, dict):
                     raise CommandError(f"line {lineno}: expected a JSON object")
                 specs.append(spec)
@@ -320,9 +377,14 @@ class Command(BaseCommand):
         job = self._get_job(options["job_id"])
         executions = list(job.executions.order_by("attempt"))
         events = list(job.events.order_by("at", "id"))
+        try:
+            env: dict[str, str] | str = job.get_safe_environment_variables()
+        except ValidationError as exc:
+            # A row broken by SQL: say so, and still show the rest of the job.
+            env = f"(not shown: {format_errors(exc)})"
         if options["json"]:
             data = _job_dict(job)
-            data["environment"] = job.get_safe_environment_variables()
+            data["environment"] = env
             data["attempts_detail"] = [
                 {
                     "attempt": e.attempt,
@@ -353,8 +415,9 @@ class Command(BaseCommand):
             return
         for key, value in _job_dict(job).items():
             self.stdout.write(f"{key:>16}: {'' if value is None else value}")
-        env = job.get_safe_environment_variables()
-        if env:
+        if isinstance(env, str):
+            self.stdout.write(f"{'environment':>16}: {env}")
+        elif env:
             self.stdout.write(f"{'environment':>16}: " + ", ".join(f"{k}={v}" for k, v in env.items()))
         self.stdout.write("\nattempts:")
         for e in executions:
@@ -462,7 +525,7 @@ class Command(BaseCommand):
                 "health": h.health_status,
                 "last_health_check": h.last_health_check,
                 "running": getattr(h, "running_jobs", 0),
-                "max_concurrent_jobs": h.max_concurrent_jobs,
+                "max_concurrent_jobs": h.effective_max_concurrent_jobs,
                 "message": h.health_message,
             }
             for h in hosts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -26,6 +27,8 @@ def positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ArgumentTypeError(f"expected a finite number of seconds, got {value!r}")
     if number <= 0:
         raise ArgumentTypeError(f"must be greater than 0, got {number}")
     return number

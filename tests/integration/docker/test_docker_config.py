@@ -117,7 +117,11 @@ def test_tls_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="tcp://"):
         DockerExecutor.from_config("unix:///var/run/docker.sock", {"tls_verify": True}, "r")
     with pytest.raises(ConfigurationError, match="not set"):
-        DockerExecutor.from_config("tcp://h:2376", {"tls_client_key": "env:NOT_SET_ANYWHERE_X"}, "r")
+        DockerExecutor.from_config(
+            "tcp://h:2376",
+            {"tls_client_cert": str(tmp_path / "cert.pem"), "tls_client_key": "env:NOT_SET_ANYWHERE_X"},
+            "r",
+        )
     assert DockerExecutor.from_config("tcp://h:2375", {"tls_verify": False}, "r").tls is False
 
 

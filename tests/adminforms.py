@@ -1,0 +1,36 @@
+"""What the admin's job form posts: shared by the admin tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The management forms of the job page's two inlines (attempts, history), both empty.
+INLINES = {
+    f"{prefix}-{key}": value
+    for prefix in ("executions", "events")
+    for key, value in (
+        ("TOTAL_FORMS", "0"),
+        ("INITIAL_FORMS", "0"),
+        ("MIN_NUM_FORMS", "0"),
+        ("MAX_NUM_FORMS", "0"),
+    )
+}
+
+
+def job_form(**fields: Any) -> dict[str, Any]:
+    """A valid add/change form of a job, with ``fields`` replacing or adding values."""
+    data = {
+        "name": "",
+        "image": "busybox",
+        "command": "echo hi",
+        "override_environment": "",
+        "secret_keys": "",
+        "max_retries": "0",
+        "retry_backoff_seconds": "5",
+        "retry_backoff_max_seconds": "300",
+        "retry_on": "exit_code",
+        "priority": "0",
+        **INLINES,
+    }
+    data.update(fields)
+    return data
