@@ -1,8 +1,8 @@
 """The deployment files: the systemd unit (``systemd-analyze``), the Dockerfile (a small linter
-written here: no hadolint on these machines), the compose stack (parsed and checked for
-structure; ``docker compose`` is not installed), and their Prometheus configuration
-(``promtool``). Building the image needs the ``python`` base image, which cannot be pulled
-here: see deploy/README.md.
+written here: no hadolint on these machines) and the lock it installs from, the compose stack
+(``docker-compose config``, and its structure checked), and their Prometheus configuration
+(``promtool``). Building and running the image and the unit for real is
+``tests/integration/deploy/``.
 
 Wherever a file passes arguments to ``process_jobs``, they are parsed with the command's real
 argument parser, so a renamed option breaks this test rather than a deployment.
@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ ENV_EXAMPLE = DEPLOY / "systemd" / "container-manager.env.example"
 DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 COMPOSE = DEPLOY / "container" / "compose.yaml"
 COMPOSE_PROMETHEUS = DEPLOY / "container" / "prometheus.yml"
+LOCK = DEPLOY / "container" / "requirements.lock"
 INSTALLED_BINARY = "/opt/container-manager/venv/bin/container-manager"
 
 
@@ -107,16 +109,23 @@ def test_the_unit_is_a_watched_notify_service_that_drains_before_it_is_killed() 
 
 
 def test_the_environment_file_example_is_complete_and_its_arguments_parse() -> None:
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key] = value
+    # deploy/README.md sources the file in a shell (set -a; . FILE) as well as systemd reading
+    # it: read it the shell's way, which is the stricter of the two.
+    script = f'set -a; . "{ENV_EXAMPLE}"; set +a; env -0'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env={})
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    values = dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)
     assert {"DATABASE_URL", "DJANGO_SECRET_KEY", "CONTAINER_MANAGER_INSTANCE", "PROCESS_JOBS_ARGS"} <= set(
         values
     )
     assert values["DATABASE_URL"].startswith("postgres://")
-    options = process_jobs_args(shlex.split(values["PROCESS_JOBS_ARGS"]))
+    unit = unit_settings(UNIT.read_text())
+    home = "/var/lib/" + unit["StateDirectory"][0]
+    assert (
+        values["CONTAINER_MANAGER_HOME"] == home and f"CONTAINER_MANAGER_HOME={home}" in unit["Environment"]
+    )
+    # systemd splits an unquoted $VAR of ExecStart on white space.
+    options = process_jobs_args(values["PROCESS_JOBS_ARGS"].split())
     assert options.leader_election == "auto" and options.lease_seconds == 5.0
     assert "$PROCESS_JOBS_ARGS" in UNIT.read_text(), "the unit passes them on"
 
@@ -152,8 +161,16 @@ def lint_dockerfile(text: str) -> list[str]:
     stages = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
     if not stages:
         return ["no FROM"]
+    # Build arguments declared before the first FROM may name the base: judge their defaults.
+    base_args = dict(args.partition("=")[::2] for word, args in instructions[: stages[0]] if word == "ARG")
     for index in stages:
         image = instructions[index][1].split()[0]
+        reference = re.fullmatch(r"\$\{?(\w+)\}?", image)
+        if reference:
+            image = base_args.get(reference.group(1), "")
+            if not image:
+                problems.append(f"FROM {reference.group(0)}: no default before the first FROM")
+                continue
         if image.startswith("--"):
             problems.append(f"FROM with options is not supported by this linter: {instructions[index][1]}")
             continue
@@ -206,6 +223,8 @@ def test_the_dockerfile_passes_the_linter() -> None:
         ('FROM python:3.11-slim\nUSER root\nENTRYPOINT ["x"]\nHEALTHCHECK CMD ["x"]\n', "runs as root"),
         ('FROM python:3.11-slim\nUSER 1000\nENTRYPOINT x --y\nHEALTHCHECK CMD ["x"]\n', "exec form"),
         ('FROM python:3.11-slim\nUSER 1000\nENTRYPOINT ["x"]\nHEALTHCHECK CMD curl -f x\n', "exec form"),
+        ('ARG B=python\nFROM ${B}\nUSER 1000\nENTRYPOINT ["x"]\nHEALTHCHECK CMD ["x"]\n', "not pinned"),
+        ('ARG B\nFROM $B\nUSER 1000\nENTRYPOINT ["x"]\nHEALTHCHECK CMD ["x"]\n', "no default"),
         (
             'FROM python:3.11-slim\nADD https://x/y /y\nUSER 1\nENTRYPOINT ["x"]\nHEALTHCHECK CMD ["x"]\n',
             "ADD",
@@ -235,12 +254,54 @@ def test_the_image_runs_the_daemon_with_valid_arguments_and_copies_only_what_exi
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     ]
+    build_image = (ROOT / "scripts" / "build-image").read_text()
     for word, args in instructions:
         if word == "COPY" and not args.startswith("--from"):
             *sources, _target = args.split()
             for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                # dist/ is made by scripts/build-image (the wheels); everything else is committed.
+                if source.startswith("dist/"):
+                    assert f"={source.rstrip('/')}\n" in build_image, (
+                        f"COPY {source}: not made by build-image"
+                    )
+                else:
+                    assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
                 assert source.rstrip("/") in keep, f"COPY {source}: excluded by .dockerignore"
+
+
+def _lock_pins() -> dict[str, tuple[str, int]]:
+    """name -> (version, number of hashes) of deploy/container/requirements.lock."""
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in LOCK.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line):
+            name = canonicalize_name(match.group(1))
+            pins[name] = (match.group(2), 0)
+        elif "--hash=sha256:" in line and name:
+            pins[name] = (pins[name][0], pins[name][1] + 1)
+    return pins
+
+
+def test_the_image_lock_pins_every_dependency_with_hashes() -> None:
+    """The image installs from the lock alone (--require-hashes): a dependency added to
+    pyproject.toml without `scripts/build-image --relock` fails here, not in a build."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock_pins()
+    assert pins and all(hashes for _, hashes in pins.values()), "every pin has a hash"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{text}: not in {LOCK.name}"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"{text}: locked {pins[name][0]}"
+        )
+        for extra in requirement.extras:  # psycopg[binary] -> psycopg-binary
+            assert canonicalize_name(f"{name}-{extra}") in pins, f"{text}: the extra is not locked"
 
 
 # compose ----------------------------------------------------------------------------------------
@@ -255,6 +316,32 @@ def _command(service: dict[str, Any]) -> list[str]:
     command = service["command"]
     assert isinstance(command, list), "exec form: a list, not a shell string"
     return [str(c) for c in command]
+
+
+def test_docker_compose_accepts_the_compose_file(compose: dict[str, Any]) -> None:
+    """A real compose implementation (Debian's docker-compose 1.29) validates and resolves the file."""
+    require(binary_available("docker-compose"), "docker-compose")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "POSTGRES_PASSWORD": "pg-secret",
+        "DJANGO_SECRET_KEY": "django-secret",
+        "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
+        "DOCKER_GID": "4242",
+    }
+    command = ["docker-compose", "--project-name", "container-manager", "-f", str(COMPOSE), "config"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == set(compose["services"])
+    daemon = resolved["services"]["daemon"]
+    assert daemon["environment"]["DATABASE_URL"].endswith(":pg-secret@postgres:5432/container_manager")
+    assert daemon["group_add"] == ["4242"] and daemon["read_only"] is True
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert daemon["image"] == f"container-manager:{version}", "the tag scripts/build-image gives by default"
+    # A required secret left unset is an error, not an empty password.
+    del env["POSTGRES_PASSWORD"]
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode != 0 and "set POSTGRES_PASSWORD" in missing.stderr
 
 
 def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:

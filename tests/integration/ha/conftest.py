@@ -7,9 +7,7 @@ these tests never touch the database pytest-django gives the rest of the suite.
 
 from __future__ import annotations
 
-import glob
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,34 +16,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.components import docker_available, require
-from tests.integration.ha.support import ROOT, cli, cli_env, free_port, remove_containers
+from tests.components import docker_available, require, throwaway_postgres
+from tests.integration.ha.support import cli, cli_env, remove_containers
 
 TEMPLATE = "ha_template"
-
-
-def _postgres_installed() -> bool:
-    return bool(shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """``postgres://postgres@127.0.0.1:PORT`` of a cluster that lives for this session."""
-    require(_postgres_installed(), "PostgreSQL server binaries (initdb, pg_ctl)")
-    directory = tempfile.mkdtemp(prefix="cm-ha-pg.")
-    script = str(ROOT / "scripts" / "pg-throwaway")
-    started = subprocess.run(
-        [script, "start", directory, str(free_port())], capture_output=True, text=True, timeout=120
-    )
-    if started.returncode != 0:
-        shutil.rmtree(directory, ignore_errors=True)
-        pytest.fail(f"cannot start PostgreSQL: {started.stderr}", pytrace=False)
-    url = started.stdout.strip().rsplit("/", 1)[0]
-    try:
+    with throwaway_postgres("cm-ha-pg.") as url:
         yield url
-    finally:
-        subprocess.run([script, "stop", directory], capture_output=True, timeout=60)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,15 +26,10 @@ from typing import Any
 import psycopg
 
 from executors.types import LABEL_INSTANCE
+from tests.components import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
