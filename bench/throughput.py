@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = f"bench{uuid4().hex[:8]}"
     vendor, home = setup(args.database_url, instance, args.log_level)
     from container_manager.validation import split_command
-    from executors.testimages import ensure_busybox_image
+    from tests.support.images import ensure_busybox_image
 
     image = ensure_busybox_image()
     argv_command = list(split_command(args.command))

@@ -69,7 +69,7 @@ def systemd_base() -> str:
 @pytest.fixture(scope="session")
 def busybox() -> str:
     require(docker_available(), "Docker")
-    from executors.testimages import ensure_busybox_image
+    from tests.support.images import ensure_busybox_image
 
     return ensure_busybox_image()
 

@@ -10,7 +10,6 @@ import pytest
 
 from executors.base import Executor
 from executors.docker import DockerExecutor
-from executors.testimages import DEFAULT_TAG, ensure_busybox_image
 from executors.types import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
@@ -21,6 +20,7 @@ from executors.types import (
     Observed,
 )
 from tests.components import docker_available, require
+from tests.support.images import DEFAULT_TAG, ensure_busybox_image
 
 IMAGE = DEFAULT_TAG
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from executors.docker import DockerExecutor
-from executors.testimages import DEFAULT_BUSYBOX, build_rootfs
 from tests.integration.docker.support import make_spec, wait_for
+from tests.support.images import DEFAULT_BUSYBOX, build_rootfs
 
 pytestmark = pytest.mark.docker
 

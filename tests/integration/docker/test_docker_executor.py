@@ -12,7 +12,7 @@ import pytest
 
 from executors.docker import DockerExecutor
 from executors.exceptions import Conflict, ImageNotFound, InvalidSpec, Unavailable
-from executors.testimages import TestImageError, ensure_busybox_image
+from tests.support.images import TestImageError, ensure_busybox_image
 from executors.types import LABEL_INSTANCE, LABEL_MANAGED, ContainerState, EventKind, ExecutorEvent
 from tests.integration.docker.support import IMAGE, make_spec, wait_for
 

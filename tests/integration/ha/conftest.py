@@ -73,7 +73,7 @@ def instance() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def busybox() -> str:
     require(docker_available(), "Docker")
-    from executors.testimages import ensure_busybox_image
+    from tests.support.images import ensure_busybox_image
 
     return ensure_busybox_image()
 

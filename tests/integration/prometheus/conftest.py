@@ -146,7 +146,7 @@ def daemon(workdir: Path, executor_kind: str) -> Iterator[Daemon]:
     }
     image = "busybox:latest"
     if executor_kind == "docker":
-        from executors.testimages import ensure_busybox_image
+        from tests.support.images import ensure_busybox_image
 
         image = ensure_busybox_image()
     subprocess.run([*cli(), "migrate", "--noinput"], env=env, cwd=REPO, check=True, capture_output=True)

@@ -14,10 +14,10 @@ from uuid import uuid4
 
 import pytest
 
-from executors.testimages import ensure_busybox_image
 from reconciler import api
 from tests.components import docker_available, require
 from tests.integration.reconciler_docker.support import remove_containers
+from tests.support.images import ensure_busybox_image
 
 #: Short waits, so timeouts, cancels and missed events resolve in seconds, not minutes.
 FAST_POLICY: dict[str, Any] = {

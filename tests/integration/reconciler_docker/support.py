@@ -24,9 +24,9 @@ import docker
 from django.db import connections
 
 from container_manager.models import ContainerJob, ExecutorHost
-from executors.testimages import DEFAULT_TAG
 from executors.types import LABEL_INSTANCE
 from reconciler.daemon import Daemon, DaemonOptions
+from tests.support.images import DEFAULT_TAG
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE = DEFAULT_TAG

@@ -35,7 +35,7 @@ import pytest
 
 from container_manager.models import ContainerJob, ExecutorHost
 from executors.docker import DockerExecutor
-from executors.testimages import ensure_busybox_image
+from tests.support.images import ensure_busybox_image
 from tests.components import binary_available, require
 from tests.integration.reconciler_docker.support import (
     containers_of,
