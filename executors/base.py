@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from executors.types import ContainerSpec, ExecutorEvent, HealthReport, LogTail, Observed, Usage
+from executors.types import CallCounts, ContainerSpec, ExecutorEvent, HealthReport, LogTail, Observed, Usage
 
 #: Default cap of each of stdout and stderr kept from one attempt.
 DEFAULT_LOG_TAIL_BYTES = 64 * 1024
@@ -24,15 +24,18 @@ DEFAULT_LOG_TAIL_BYTES = 64 * 1024
 class Executor(abc.ABC):
     """One backend bound to one host (a Docker daemon, a Cloud Run region, a mock)."""
 
-    #: ``watch()`` yields events; without it the reconciler relies on polling alone.
+    # Capability flags: each is read outside the executors (named beside it), so a backend
+    # that sets one changes what the reconciler or the app does.
+
+    #: ``watch()`` yields events (the daemon starts a watcher; without one, the step polls at
+    #: the executor's ``poll_interval``).
     supports_events: ClassVar[bool] = False
-    #: ``stats()`` returns live resource usage.
+    #: ``stats()`` returns live resource usage (the job's resource-utilisation helper asks).
     supports_stats: ClassVar[bool] = False
-    #: ``stream_logs()`` can follow a running container.
-    supports_log_streaming: ClassVar[bool] = False
-    #: The backend enforces ``ContainerSpec.timeout_seconds`` itself.
+    #: The backend enforces ``ContainerSpec.timeout_seconds`` itself (``decide`` then lets the
+    #: backend end the attempt and records its verdict).
     enforces_timeout: ClassVar[bool] = False
-    #: Short name used in metrics labels.
+    #: The ``executor_type`` this backend is registered under in ``executors.registry``.
     kind: ClassVar[str] = "abstract"
 
     @classmethod
@@ -98,12 +101,19 @@ class Executor(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not report resource usage")
 
     def stream_logs(self, name: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
-        """Yield ("stdout"|"stderr", chunk) pairs, following a running container if asked."""
+        """Yield ("stdout"|"stderr", chunk) pairs, following a running container if asked.
+
+        This default, for backends that cannot follow, yields the current tail and ends.
+        """
         tail = self.logs(name)
         if tail.stdout:
             yield "stdout", tail.stdout.encode()
         if tail.stderr:
             yield "stderr", tail.stderr.encode()
+
+    def counters(self) -> dict[str, CallCounts]:
+        """Verb -> calls, retries and errors since the executor was built (a snapshot; see ``_calls``)."""
+        return {}
 
     def close(self) -> None:
         """Release connections. The executor must not be used afterwards."""

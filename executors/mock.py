@@ -5,19 +5,16 @@ exit codes, OOM, stop with grace, bounded logs, label listing, events that can b
 lets tests inject the failures real backends produce. What it cannot do: enforce real
 limits, run real programs, or be slow in the ways a real daemon is.
 
-A container's behaviour comes from its command, read as a tiny script of ``;``-separated
-steps (``sh -c "..."`` is unwrapped):
-
-``echo WORDS`` (stdout), ``stderr WORDS``, ``sleep SECONDS``, ``exit CODE``, ``false``,
-``oom`` (killed, exit 137), ``hang`` (never exits), ``vanish`` (disappears when done),
-``spew BYTES`` (that many bytes of stdout). Any other program succeeds silently.
+A container's behaviour comes from its command, read as a script of ``executors.script``
+(``sh -c "echo hi; sleep 1; exit 3"``, ``oom``, ``hang``, ...): the language the Cloud Run fake
+of the test suite reads too, and the busybox test image speaks. ``oom`` exits 137 with
+``oom_killed``; ``crash`` exits without an exit code.
 """
 
 from __future__ import annotations
 
 import enum
 import fnmatch
-import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,12 +22,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from executors._calls import CallCounter
+from executors._config import ConfigReader
 from executors.base import DEFAULT_LOG_TAIL_BYTES, BoundedTail, Executor
-from executors.exceptions import ConfigurationError, InvalidSpec, Unavailable
+from executors.exceptions import InvalidSpec, Unavailable
+from executors.script import Script, ScriptError, parse_script
 from executors.types import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
     LABEL_JOB,
+    CallCounts,
     ContainerSpec,
     ContainerState,
     EventKind,
@@ -73,65 +74,15 @@ class Injection:
 
 
 @dataclass
-class _Program:
-    stdout: bytes = b""
-    stderr: bytes = b""
-    duration: float = 0.0
-    exit_code: int = 0
-    oom: bool = False
-    hang: bool = False
-    vanish: bool = False
-
-
-@dataclass
 class _Container:
     spec: ContainerSpec
     container_id: str
-    program: _Program
+    program: Script
     created_at: datetime
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     stop_exit_code: int | None = None
     reported: set[str] = field(default_factory=set)
-
-
-def parse_program(command: tuple[str, ...]) -> _Program:
-    """Read the mock's script language from an argv."""
-    program = _Program()
-    if not command:
-        return program
-    if len(command) >= 3 and command[0] in ("sh", "/bin/sh") and command[1] == "-c":
-        steps = [shlex.split(part) for part in command[2].split(";")]
-    else:
-        steps = [list(command)]
-    for step in steps:
-        if not step:
-            continue
-        verb, args = step[0], step[1:]
-        if verb == "echo":
-            program.stdout += (" ".join(args) + "\n").encode()
-        elif verb == "stderr":
-            program.stderr += (" ".join(args) + "\n").encode()
-        elif verb == "spew":
-            program.stdout += b"x" * int(args[0]) if args else b""
-        elif verb == "sleep":
-            program.duration += float(args[0]) if args else 0.0
-        elif verb == "exit":
-            program.exit_code = int(args[0]) if args else 0
-            break
-        elif verb == "false":
-            program.exit_code = 1
-            break
-        elif verb == "oom":
-            program.oom = True
-            break
-        elif verb == "hang":
-            program.hang = True
-            break
-        elif verb == "vanish":
-            program.vanish = True
-            break
-    return program
 
 
 def _utcnow() -> datetime:
@@ -143,7 +94,6 @@ class MockExecutor(Executor):
 
     supports_events = True
     supports_stats = True
-    supports_log_streaming = True
     kind = "mock"
 
     def __init__(
@@ -165,38 +115,25 @@ class MockExecutor(Executor):
         self._seq = 0
         #: every verb call, in order, for tests that count API calls.
         self.calls: list[tuple[str, str]] = []
+        self._counter = CallCounter()
         #: names ever created, and ever started: tests assert an attempt's program never runs twice.
         self.created: list[str] = []
         self.started: list[str] = []
 
     @classmethod
     def check_config(cls, connection_string: str, config: Mapping[str, Any]) -> None:
-        """The mock takes two keys: ``latency`` (seconds, 0 to 60) and ``healthy`` (true/false)."""
-        if not isinstance(config, Mapping):
-            raise ConfigurationError("mock executor config must be a JSON object")
-        unknown = set(config) - {"latency", "healthy"}
-        if unknown:
-            raise ConfigurationError(f"unknown mock executor config keys: {sorted(map(str, unknown))}")
-        latency = config.get("latency", 0.0)
-        try:
-            seconds = float(latency) if isinstance(latency, int | float | str) else -1.0
-        except ValueError:
-            seconds = -1.0
-        if isinstance(latency, bool) or not 0 <= seconds <= 60:
-            raise ConfigurationError(
-                "mock executor config 'latency' must be a number of seconds from 0 to 60"
-            )
-        if not isinstance(config.get("healthy", True), bool):
-            raise ConfigurationError("mock executor config 'healthy' must be true or false")
+        """The mock takes two keys: ``latency`` (seconds, 0 to 60) and ``healthy`` (a flag)."""
+        cls._settings(config)
+
+    @staticmethod
+    def _settings(config: Any) -> tuple[float, bool]:
+        reader = ConfigReader("mock", config, ("latency", "healthy"))
+        return reader.number("latency", 0.0, maximum=60.0), reader.flag("healthy", True)
 
     @classmethod
     def from_config(cls, connection_string: str, config: dict[str, Any], name: str) -> MockExecutor:
-        cls.check_config(connection_string, config)
-        return cls(
-            name=name,
-            latency=float(config.get("latency", 0.0)),
-            healthy=bool(config.get("healthy", True)),
-        )
+        latency, healthy = cls._settings(config)
+        return cls(name=name, latency=latency, healthy=healthy)
 
     # Fault injection -----------------------------------------------------------------
 
@@ -226,12 +163,18 @@ class MockExecutor(Executor):
         return taken
 
     def _call(self, verb: str, name: str) -> None:
+        self._counter.call(verb)
         if self.latency:
             time.sleep(self.latency)
         if not self.healthy:
+            self._counter.error(verb)
             raise Unavailable(f"mock host {self.name} is down")
         with self._lock:
             self.calls.append((verb, name))
+
+    def counters(self) -> dict[str, CallCounts]:
+        """Verb calls and the ones refused while ``healthy`` is false (the mock never retries)."""
+        return self._counter.snapshot()
 
     # The six verbs --------------------------------------------------------------------
 
@@ -242,8 +185,11 @@ class MockExecutor(Executor):
         with self._lock:
             existing = self._containers.get(spec.name)
             if existing is None:
+                try:
+                    program = parse_script(spec.command)
+                except ScriptError as exc:
+                    raise InvalidSpec(f"mock cannot run {spec.name!r}: {exc}") from None
                 injections = self._take_injections(spec.name)
-                program = parse_program(spec.command)
                 create_only = False
                 for inj in injections:
                     if inj.fault is Fault.LAUNCH_UNAVAILABLE:
@@ -338,7 +284,7 @@ class MockExecutor(Executor):
     def stream_logs(self, name: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         with self._lock:
             container = self._containers.get(name)
-            program = container.program if container else _Program()
+            program = container.program if container else Script()
         if program.stdout:
             yield "stdout", program.stdout
         if program.stderr:
@@ -390,21 +336,26 @@ class MockExecutor(Executor):
         if not program.hang:
             natural_end = c.started_at + timedelta(seconds=program.duration)
         now = self.clock()
-        end, exit_code, oom = natural_end, program.exit_code, program.oom
+        end, oom, crash = natural_end, program.oom, program.crash
+        exit_code: int | None = program.exit_code
         if c.stopped_at is not None and (natural_end is None or c.stopped_at < natural_end):
-            end, exit_code, oom = c.stopped_at, c.stop_exit_code or STOP_EXIT_CODE, False
+            end, exit_code, oom, crash = c.stopped_at, c.stop_exit_code or STOP_EXIT_CODE, False, False
         if end is None or now < end:
             return Observed(state=ContainerState.RUNNING, started_at=c.started_at, **base)  # type: ignore[arg-type]
         if program.vanish and c.stopped_at is None:
             self._containers.pop(c.spec.name, None)
             return Observed.missing(c.spec.name)
+        error = ""
         if oom:
             exit_code = OOM_EXIT_CODE
+        elif crash:
+            exit_code, error = None, "the container was unable to exit cleanly (scripted crash)"
         return Observed(
             state=ContainerState.EXITED,
             exit_code=exit_code,
             oom_killed=oom,
             started_at=c.started_at,
             finished_at=end,
+            error=error,
             **base,  # type: ignore[arg-type]
         )

@@ -135,6 +135,18 @@ class HealthReport:
         return self.healthy
 
 
+@dataclass(frozen=True)
+class CallCounts:
+    """What one verb of an executor has cost since it was built (see ``Executor.counters``)."""
+
+    #: Requests sent, every try included.
+    calls: int = 0
+    #: Tries repeated after a transient error.
+    retries: int = 0
+    #: Tries that failed (``NotFound`` and ``Conflict``, expected answers, are not counted).
+    errors: int = 0
+
+
 class EventKind(enum.StrEnum):
     STARTED = "start"
     DIED = "die"

@@ -1,8 +1,9 @@
 """Google Cloud Run Jobs as a backend (see ``executor`` for the design, ``observe`` for exit codes).
 
-``config`` checks a host row's settings without the network, ``mapping`` turns a spec into a
-Cloud Run Job, ``calls`` is the one error/retry path, ``observe`` reads Executions and Tasks,
-``logs`` reads Cloud Logging.
+``config`` checks a host row's settings without the network (by the shared rules of
+``executors._config``), ``mapping`` turns a spec into a Cloud Run Job, ``calls`` maps Google's
+errors for the shared call layer (``executors._calls``), ``observe`` reads Executions and Tasks,
+``logs`` reads Cloud Logging, ``executor`` holds the verbs.
 """
 
 from executors.cloudrun.config import CONFIG_KEYS, Settings, parse_config

@@ -1,4 +1,7 @@
-"""The one path every Google call takes: timeout, counting, error mapping, bounded retries.
+"""Cloud Run's side of the shared call layer: the per-call timeout and the error mapping.
+
+Every Google call goes through ``GoogleCalls.call``, which is ``executors._calls.Calls``
+(counting, bounded retries with the project's backoff) with ``translate`` as its hook.
 
 Over the REST transport the api_core exception class follows the HTTP status (409 is
 ``Conflict``, 400 ``BadRequest``, 403 ``Forbidden``, 429 ``TooManyRequests``), so errors are
@@ -10,23 +13,19 @@ mapped on those base classes, reading the RPC status from the error body where i
   transient for the reconciler (jobs wait, the host is marked unhealthy) and not retried here.
 * 429 (``RESOURCE_EXHAUSTED``: API rate quotas, and limits such as 1000 jobs or 1000 running
   executions per region, https://cloud.google.com/run/quotas) is ``QuotaExceeded``: transient,
-  backed off ``QUOTA_BACKOFF_FACTOR`` times longer.
+  backed off longer by the call layer.
 * A call that got no answer (client timeout, connection dropped, 504) is ``NoAnswer``: the
   server may have acted on it, which matters for requests that are not idempotent (RunJob).
 """
 
 from __future__ import annotations
 
-import random
-import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import tenacity
 from google.api_core import exceptions as gexc
 
+from executors._calls import Calls
 from executors.exceptions import (
     Conflict,
     ExecutorError,
@@ -38,9 +37,6 @@ from executors.exceptions import (
 )
 
 T = TypeVar("T")
-
-#: Quota errors back off this many times longer than other transient errors.
-QUOTA_BACKOFF_FACTOR = 4.0
 
 #: gRPC status code (as carried in a long-running operation's error) -> api_core exception.
 GRPC_CODE_EXCEPTIONS: dict[int, type[gexc.GoogleAPICallError]] = {
@@ -125,8 +121,8 @@ def translate(method: str, exc: BaseException) -> ExecutorError:
     return ExecutorError(f"Cloud Run {method}: unexpected {type(exc).__name__}: {exc}")
 
 
-class Calls:
-    """Counts, times out, maps and retries the calls of one executor."""
+class GoogleCalls(Calls):
+    """The shared call layer with Cloud Run's error mapping and a default timeout per call."""
 
     def __init__(
         self,
@@ -136,79 +132,17 @@ class Calls:
         retry_backoff: float,
         retry_backoff_max: float,
     ) -> None:
+        super().__init__(
+            lambda exc: translate("call", exc),
+            attempts=retry_attempts,
+            backoff=retry_backoff,
+            backoff_max=retry_backoff_max,
+        )
         self.call_timeout = call_timeout
-        self.retry_attempts = retry_attempts
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.lock = threading.Lock()
-        #: Google requests made (every attempt, retries included), in total and by method.
-        self.total = 0
-        self.by_method: Counter[str] = Counter()
-        #: Google requests that failed, by method.
-        self.errors_by_method: Counter[str] = Counter()
-        #: Attempts repeated after a transient error.
-        self.retries = 0
-        #: Injectable for tests.
-        self.sleep: Callable[[float], None] = time.sleep
-
-    def count(self, method: str) -> None:
-        with self.lock:
-            self.total += 1
-            self.by_method[method] += 1
 
     def call(self, method: str, fn: Callable[..., T], /, *, retry: bool = True, **kwargs: Any) -> T:
-        """One Google call with a timeout, counted, errors mapped, transient ones retried if ``retry``."""
+        """``fn(**kwargs)`` with a timeout, counted under ``method``, errors mapped, transient ones retried."""
         kwargs.setdefault("timeout", self.call_timeout)
-
-        def attempt() -> T:
-            self.count(method)
-            try:
-                return fn(**kwargs)
-            except Exception as exc:
-                with self.lock:
-                    self.errors_by_method[method] += 1
-                raise translate(method, exc) from exc
-
-        if not retry or self.retry_attempts <= 1:
-            return attempt()
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retry_attempts),
-            wait=self.backoff,
-            retry=tenacity.retry_if_exception(
-                lambda e: isinstance(e, Unavailable) and not isinstance(e, HostMisconfigured)
-            ),
-            before_sleep=self._count_retry,
-            sleep=self.sleep,
-            reraise=True,
+        return self.run(
+            method, lambda: fn(**kwargs), retry=retry, translate=lambda exc: translate(method, exc)
         )
-        return retrying(attempt)
-
-    def _count_retry(self, state: tenacity.RetryCallState) -> None:
-        with self.lock:
-            self.retries += 1
-
-    def delay(self, attempt_number: int, exc: BaseException | None) -> float:
-        """Exponential backoff with jitter; quota errors wait ``QUOTA_BACKOFF_FACTOR`` times longer."""
-        factor = QUOTA_BACKOFF_FACTOR if isinstance(exc, QuotaExceeded) else 1.0
-        ceiling = min(
-            self.retry_backoff_max * factor, self.retry_backoff * factor * 2 ** (attempt_number - 1)
-        )
-        return random.uniform(ceiling / 2, ceiling)
-
-    def backoff(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        return self.delay(state.attempt_number, exc)
-
-    def wait_until(self, method: str, poll: Callable[[], T | None], timeout: float, what: str) -> T:
-        """Call ``poll`` with growing pauses until it returns a value, at most ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        pause = 0.05
-        while True:
-            value = poll()
-            if value is not None:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unavailable(f"Cloud Run {method}: {what} after {timeout:g} s")
-            self.sleep(min(pause, remaining))
-            pause = min(pause * 2, 2.0)

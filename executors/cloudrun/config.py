@@ -1,8 +1,8 @@
 """A Cloud Run host row's settings, checked without the network, and its credentials.
 
-``parse_config`` makes every check that the connection string and the config keys need and
-returns a frozen ``Settings``; it loads no credentials and builds no client, so a host row can
-be validated when it is saved. ``load_credentials`` is the only place that reads a key file or
+``parse_config`` makes every check that the connection string and the config keys need (by
+the shared rules of ``executors._config``) and returns a frozen ``Settings``; it loads no
+credentials and builds no client, so a host row can be validated when it is saved. ``load_credentials`` is the only place that reads a key file or
 an environment variable, and no message it raises carries what it read: it names the key or
 the variable instead.
 """
@@ -10,20 +10,18 @@ the variable instead.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from executors._config import ConfigReader, resolve
 from executors.exceptions import ConfigurationError
 
 #: ``projects/PROJECT/locations/REGION``; PROJECT may be an id or a number.
 CONNECTION_RE = re.compile(
     r"\Aprojects/(?P<project>[a-z0-9][a-z0-9.:_-]*)/locations/(?P<location>[a-z0-9-]+)\Z"
 )
-#: ``env:NAME`` in ``credentials_file``: the variable holds a key file path or the key's JSON.
-ENV_REF_RE = re.compile(r"\Aenv:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\Z")
 
 CONFIG_KEYS = frozenset(
     {
@@ -95,101 +93,49 @@ class Settings:
 
 def parse_config(connection_string: str, config: Mapping[str, Any] | None) -> Settings:
     """Validate a host row's connection string and config; raise ``ConfigurationError`` naming the key."""
-    match = CONNECTION_RE.match(connection_string or "")
+    match = CONNECTION_RE.match(connection_string if isinstance(connection_string, str) else "")
     if not match:
         raise ConfigurationError(
             "Cloud Run connection string must be projects/PROJECT_ID/locations/REGION, "
             f"got {connection_string!r}",
             field="connection_string",
         )
-    if config is not None and not isinstance(config, Mapping):
-        raise ConfigurationError("Cloud Run executor config must be an object")
-    config = dict(config or {})
-    for key, why in REMOVED_KEYS.items():
-        if key in config:
-            raise ConfigurationError(why)
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown Cloud Run executor config keys: {unknown}; known keys: {sorted(CONFIG_KEYS)}"
-        )
-
-    def number(key: str, default: float, minimum: float = 0.0) -> float:
-        value = config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise ConfigurationError(f"Cloud Run config {key!r} must be a number >= {minimum}, got {value!r}")
-        return float(value)
-
-    def integer(key: str, default: int, minimum: int, maximum: int) -> int:
-        value = config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise ConfigurationError(
-                f"Cloud Run config {key!r} must be an integer in [{minimum}, {maximum}], got {value!r}"
-            )
-        return value
-
-    def flag(key: str, default: bool) -> bool:
-        value = config.get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"Cloud Run config {key!r} must be true or false, got {value!r}")
-        return value
-
-    def text(key: str) -> str | None:
-        value = config.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigurationError(f"Cloud Run config {key!r} must be a non-empty string")
-        return value
-
-    labels = config.get("labels") or {}
+    reader = ConfigReader("cloudrun", config, CONFIG_KEYS, removed=REMOVED_KEYS)
+    labels = reader.config.get("labels") or {}
     if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
-        raise ConfigurationError("Cloud Run config 'labels' must be an object of strings")
+        raise reader.error("labels", "must be an object of strings")
     bad = [f"{k}={v}" for k, v in labels.items() if not valid_label(str(k), v)]
     if bad:
         raise ConfigurationError(
             f"invalid Cloud Run labels {bad}: keys start with a lowercase letter; keys and values "
             "use only lowercase letters, digits, '_' and '-', at most 63 characters"
         )
-    egress = text("vpc_egress")
+    egress = reader.text("vpc_egress", rule="must be 'all-traffic' or 'private-ranges-only'")
     if egress is not None:
         egress = egress.upper().replace("-", "_")
         if egress not in ("ALL_TRAFFIC", "PRIVATE_RANGES_ONLY"):
-            raise ConfigurationError(
-                f"vpc_egress must be 'all-traffic' or 'private-ranges-only', got {config['vpc_egress']!r}"
-            )
-    transport = config.get("transport", "rest")
-    if transport not in ("rest", "grpc"):
-        raise ConfigurationError(f"transport must be 'rest' or 'grpc', got {transport!r}")
-    credentials_file = text("credentials_file")
-    if (
-        credentials_file is not None
-        and credentials_file.startswith("env:")
-        and not ENV_REF_RE.match(credentials_file)
-    ):
-        raise ConfigurationError(
-            "Cloud Run config 'credentials_file' must be a path or env:NAME with NAME a valid "
-            "environment variable name"
-        )
+            raise reader.error("vpc_egress", "must be 'all-traffic' or 'private-ranges-only'")
     return Settings(
         project=match["project"],
         location=match["location"],
-        service_account=text("service_account"),
-        vpc_connector=text("vpc_connector"),
+        service_account=reader.text("service_account"),
+        vpc_connector=reader.text("vpc_connector"),
         vpc_egress=egress,
         labels={str(k): v for k, v in labels.items()},
-        credentials_file=credentials_file,
-        api_endpoint=text("api_endpoint"),
-        logging_endpoint=text("logging_endpoint"),
-        anonymous=flag("anonymous", False),
-        transport=transport,
-        call_timeout=number("call_timeout", 30.0, 0.001),
-        operation_timeout=number("operation_timeout", 120.0, 0.001),
-        poll_interval=number("poll_interval", 5.0),
-        task_count=integer("task_count", 1, 1, 10000),
-        use_cloud_logging=flag("use_cloud_logging", False),
-        retry_attempts=integer("retry_attempts", 4, 1, 20),
-        retry_backoff=number("retry_backoff", 0.5),
-        retry_backoff_max=number("retry_backoff_max", 4.0),
-        list_page_size=integer("list_page_size", 500, 1, 1000),
+        credentials_file=reader.path("credentials_file"),
+        api_endpoint=reader.text("api_endpoint"),
+        logging_endpoint=reader.text("logging_endpoint"),
+        anonymous=reader.flag("anonymous", False),
+        transport=reader.text("transport", "rest", choices=("rest", "grpc")) or "rest",
+        call_timeout=reader.number("call_timeout", 30.0, minimum=0.001),
+        operation_timeout=reader.number("operation_timeout", 120.0, minimum=0.001),
+        poll_interval=reader.number("poll_interval", 5.0),
+        task_count=reader.integer("task_count", 1, minimum=1, maximum=10000),
+        use_cloud_logging=reader.flag("use_cloud_logging", False),
+        retry_attempts=reader.integer("retry_attempts", 4, minimum=1, maximum=20),
+        retry_backoff=reader.number("retry_backoff", 0.5),
+        retry_backoff_max=reader.number("retry_backoff_max", 4.0),
+        list_page_size=reader.integer("list_page_size", 500, minimum=1, maximum=1000),
     )
 
 
@@ -217,27 +163,23 @@ def load_credentials(settings: Settings) -> Any:
         return credentials
     from google.oauth2 import service_account
 
-    env = ENV_REF_RE.match(source)
-    if env is not None:
-        name = env["name"]
-        value = os.environ.get(name, "")
-        if not value:
-            raise ConfigurationError(f"environment variable {name} (credentials_file) is not set")
-        try:
-            if value.lstrip().startswith("{"):
-                return service_account.Credentials.from_service_account_info(
-                    json.loads(value), scopes=[CLOUD_PLATFORM_SCOPE]
-                )
-            return service_account.Credentials.from_service_account_file(value, scopes=[CLOUD_PLATFORM_SCOPE])
-        except Exception as exc:
-            raise ConfigurationError(
-                f"cannot load Google credentials from environment variable {name} (credentials_file): "
-                f"{type(exc).__name__}; it must hold a service-account key file's path or its JSON"
-            ) from None
+    value, name = resolve("cloudrun", "credentials_file", source)
     try:
-        return service_account.Credentials.from_service_account_file(source, scopes=[CLOUD_PLATFORM_SCOPE])
+        if name is not None and value.lstrip().startswith("{"):
+            return service_account.Credentials.from_service_account_info(
+                json.loads(value), scopes=[CLOUD_PLATFORM_SCOPE]
+            )
+        return service_account.Credentials.from_service_account_file(value, scopes=[CLOUD_PLATFORM_SCOPE])
     except Exception as exc:
+        failure = type(exc).__name__
+    # Raised outside the handler: the library's exception (which may quote what the variable
+    # holds) is neither the cause nor the context of ours.
+    if name is not None:
         raise ConfigurationError(
-            f"cannot load Google credentials from credentials_file {source!r}: {type(exc).__name__}; "
-            "it must be a readable service-account key file"
-        ) from None
+            f"cannot load Google credentials from environment variable {name} (credentials_file): "
+            f"{failure}; it must hold a service-account key file's path or its JSON"
+        )
+    raise ConfigurationError(
+        f"cannot load Google credentials from credentials_file {source!r}: {failure}; "
+        "it must be a readable service-account key file"
+    )

@@ -20,8 +20,8 @@ Why it looks like this:
   ``completion_status``; the snapshot answers the ``inspect`` calls of the next
   ``poll_interval`` seconds. Only transitions cost more: one ``GetExecution`` when an execution
   starts running (for its start time) and one ``GetExecution`` plus one ``ListTasks`` when it
-  ends (for exit codes); finished results are cached. ``api_calls`` and
-  ``api_calls_by_method`` count every request, so tests pin the cost of a poll.
+  ends (for exit codes); finished results are cached. ``counters()`` counts every request by
+  method, so tests pin the cost of a poll.
 * **Cloud Run enforces the timeout** (``TaskTemplate.timeout``, counted from the task's start)
   and retries nothing (``max_retries = 0``): the reconciler owns retries. ``Observed.started_at``
   is the task's own start, so provisioning time is never charged to the job; an execution still
@@ -52,7 +52,7 @@ from google.cloud import run_v2
 
 from executors.base import DEFAULT_LOG_TAIL_BYTES, BoundedTail, Executor
 from executors.cloudrun import logs as cloud_logs
-from executors.cloudrun.calls import GRPC_CODE_EXCEPTIONS, Calls, NoAnswer, translate
+from executors.cloudrun.calls import GRPC_CODE_EXCEPTIONS, GoogleCalls, NoAnswer, translate
 from executors.cloudrun.config import Settings, load_credentials, parse_config
 from executors.cloudrun.mapping import build_job, container_name, environment_problems, is_ours, job_id_for
 from executors.cloudrun.mapping import labels_of as resource_labels
@@ -66,7 +66,7 @@ from executors.exceptions import (
     NotFound,
     Unavailable,
 )
-from executors.types import ContainerSpec, ContainerState, HealthReport, LogTail, Observed
+from executors.types import CallCounts, ContainerSpec, ContainerState, HealthReport, LogTail, Observed
 
 _Status = run_v2.ExecutionReference.CompletionStatus
 _TERMINAL = (_Status.EXECUTION_SUCCEEDED, _Status.EXECUTION_FAILED, _Status.EXECUTION_CANCELLED)
@@ -111,7 +111,7 @@ class CloudRunExecutor(Executor):
         self._tasks = tasks_client
         self._credentials = credentials
         self._logging: Any = None
-        self.calls = Calls(
+        self.calls = GoogleCalls(
             call_timeout=settings.call_timeout,
             retry_attempts=settings.retry_attempts,
             retry_backoff=settings.retry_backoff,
@@ -128,26 +128,13 @@ class CloudRunExecutor(Executor):
         #: job name -> when a RunJob for it got no answer (the server may still be acting on it).
         self._unanswered: dict[str, float] = {}
 
-    # Counters kept under the names the rest of the project reads.
-    @property
-    def api_calls(self) -> int:
-        return self.calls.total
-
-    @property
-    def api_calls_by_method(self) -> Any:
-        return self.calls.by_method
-
-    @property
-    def api_errors_by_method(self) -> Any:
-        return self.calls.errors_by_method
-
-    @property
-    def api_retries(self) -> int:
-        return self.calls.retries
+    def counters(self) -> dict[str, CallCounts]:
+        """Per Google method (``create_job``, ``get_job``, ``run_job``, ...): calls, retries, errors."""
+        return self.calls.counter.snapshot()
 
     @property
     def retry_attempts(self) -> int:
-        return self.calls.retry_attempts
+        return self.calls.attempts
 
     # Construction ---------------------------------------------------------------------
 
@@ -276,10 +263,11 @@ class CloudRunExecutor(Executor):
                         reference.name.rsplit("/", 1)[-1],
                         plain(reference.create_time),
                         max_bytes,
-                        self.calls.count,
+                        self.calls.counter.call,
                     )
                 note = " (google-cloud-logging is not installed)"
             except Exception as exc:
+                self.calls.counter.error(cloud_logs.VERB)
                 note = f" (Cloud Logging: {type(exc).__name__})"
         uri = self.log_uris.get(reference.name)
         if uri is None:
@@ -366,13 +354,14 @@ class CloudRunExecutor(Executor):
                 return job
             return None
 
+        timeout = self.settings.operation_timeout
         return self.calls.wait_until(
-            "get_job", poll, self.settings.operation_timeout, "job still reconciling"
+            poll, timeout, f"Cloud Run get_job: job still reconciling after {timeout:g} s"
         )
 
     def _run(self, name: str, job_name: str) -> Observed:
         """RunJob once; after an error, re-send only when the job provably has no execution."""
-        attempts = self.calls.retry_attempts
+        attempts = self.calls.attempts
         for attempt in range(1, attempts + 1):
             try:
                 operation = self.calls.call(
@@ -395,9 +384,7 @@ class CloudRunExecutor(Executor):
                     ) from exc
                 if attempt == attempts:
                     raise
-                with self.calls.lock:
-                    self.calls.retries += 1
-                self.calls.sleep(self.calls.delay(attempt, exc))
+                self.calls.pause("run_job", attempt, exc)
         execution = self._operation_execution(operation.operation)
         if execution is None or execution_done(execution):
             current = self._get_job(job_name)
@@ -427,8 +414,9 @@ class CloudRunExecutor(Executor):
             return raw if raw.done else None
 
         if not raw.done:
+            timeout = self.settings.operation_timeout
             self.calls.wait_until(
-                method, poll, self.settings.operation_timeout, f"operation {raw.name} not done"
+                poll, timeout, f"Cloud Run {method}: operation {raw.name} not done after {timeout:g} s"
             )
         if raw.HasField("error") and raw.error.code:
             error_class = GRPC_CODE_EXCEPTIONS.get(raw.error.code, GRPC_CODE_EXCEPTIONS[2])

@@ -23,6 +23,8 @@ from executors.base import BoundedTail
 from executors.types import LogTail
 
 STREAMS = ("stdout", "stderr")
+#: The counter verb of a log read (see ``Executor.counters``).
+VERB = "list_log_entries"
 #: Most entries read for one tail, whatever their size.
 MAX_ENTRIES = 20000
 PAGE_SIZE = 1000
@@ -75,7 +77,7 @@ def read_tail(
     chunks: dict[str, list[bytes]] = {s: [] for s in STREAMS}
     sizes = dict.fromkeys(STREAMS, 0)
     truncated = dict.fromkeys(STREAMS, False)
-    count("list_log_entries")
+    count(VERB)
     entries = client.list_entries(
         resource_names=[f"projects/{project}"],
         filter_=log_filter(project, job_id, execution_id, since),

@@ -27,7 +27,7 @@ EXCEPTION_MODULES = (
     "reconciler.exceptions",
 )
 #: Frozen dataclasses that cross the executor boundary.
-VALUE_TYPES = ("ContainerSpec", "Observed", "LogTail", "Usage", "HealthReport", "ExecutorEvent")
+VALUE_TYPES = ("ContainerSpec", "Observed", "LogTail", "Usage", "HealthReport", "ExecutorEvent", "CallCounts")
 
 
 def _own_functions(cls: type, module: str | None = None) -> set[str]:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from executors.base import Executor
+from executors.cloudrun import CloudRunExecutor
 from executors.docker import DockerExecutor
 from executors.exceptions import ConfigurationError, InvalidSpec
 from executors.mock import MockExecutor
@@ -137,7 +139,8 @@ def test_docker_launch_refuses_such_an_environment_before_any_call() -> None:
     [
         ({}, True),
         ({"latency": 0.5, "healthy": False}, True),
-        ({"latency": "0.01"}, True),
+        ({"latency": 0.01}, True),
+        ({"latency": "0.01"}, False),
         ({"latency": "slow"}, False),
         ({"latency": math.inf}, False),
         ({"latency": -1}, False),
@@ -156,3 +159,71 @@ def test_mock_check_config(config: Any, ok: bool) -> None:
         MockExecutor.check_config("", config)
     with pytest.raises(ConfigurationError):
         MockExecutor.from_config("", config, "m")
+
+
+# One reader, one meaning on every backend (executors._config) -------------------------------
+
+CLOUD_RUN = "projects/p/locations/us-central1"
+#: (backend, connection string, a flag key, a number key)
+BACKENDS = [
+    pytest.param(DockerExecutor, "", "allow_pull", "api_timeout", id="docker"),
+    pytest.param(CloudRunExecutor, CLOUD_RUN, "use_cloud_logging", "call_timeout", id="cloudrun"),
+    pytest.param(MockExecutor, "", "healthy", "latency", id="mock"),
+]
+
+
+@pytest.mark.parametrize(("backend", "conn", "flag", "number"), BACKENDS)
+@pytest.mark.parametrize("value", ["yes", "no", "true", "false", "1", "on", 1, 0, None, [True]], ids=repr)
+def test_a_flag_is_a_json_boolean_on_every_backend(
+    backend: type[Executor], conn: str, flag: str, number: str, value: Any
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        backend.check_config(conn, {flag: value})
+    message = str(info.value)
+    assert repr(flag) in message and "true or false" in message
+    for accepted in (True, False):
+        backend.check_config(conn, {flag: accepted})
+
+
+@pytest.mark.parametrize(("backend", "conn", "flag", "number"), BACKENDS)
+@pytest.mark.parametrize("value", ["5", True, math.nan, math.inf, -1, None], ids=repr)
+def test_a_number_is_a_finite_json_number_on_every_backend(
+    backend: type[Executor], conn: str, flag: str, number: str, value: Any
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        backend.check_config(conn, {number: value})
+    assert repr(number) in str(info.value) and "must be a number" in str(info.value)
+    backend.check_config(conn, {number: 5})
+    backend.check_config(conn, {number: 5.5})
+
+
+@pytest.mark.parametrize(("backend", "conn", "flag", "number"), BACKENDS)
+def test_the_config_is_a_json_object_of_known_keys_on_every_backend(
+    backend: type[Executor], conn: str, flag: str, number: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="JSON object"):
+        backend.check_config(conn, ["not", "an", "object"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"unknown \w+ executor config keys \['bogus'\]"):
+        backend.check_config(conn, {"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("backend", "conn", "config"),
+    [
+        pytest.param(DockerExecutor, "tcp://h:2376", {"tls_ca_cert": "env:CM_TEST_HELD"}, id="docker"),
+        pytest.param(CloudRunExecutor, CLOUD_RUN, {"credentials_file": "env:CM_TEST_HELD"}, id="cloudrun"),
+    ],
+)
+def test_a_value_read_from_the_environment_never_reaches_a_message(
+    backend: type[Executor], conn: str, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.check_config(conn, config)  # the form only: nothing is read at save time
+    monkeypatch.setenv("CM_TEST_HELD", "postgres://app:s3cr3t@db/prod")
+    with pytest.raises(ConfigurationError) as info:
+        backend.from_config(conn, config, "h")
+    chain = [info.value, info.value.__cause__, info.value.__context__]
+    assert "CM_TEST_HELD" in str(info.value)
+    assert all("s3cr3t" not in str(e) and "postgres:" not in str(e) for e in chain)
+    monkeypatch.delenv("CM_TEST_HELD")
+    with pytest.raises(ConfigurationError, match=r"\$CM_TEST_HELD, which is not set"):
+        backend.from_config(conn, config, "h")

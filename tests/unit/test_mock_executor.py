@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from executors.exceptions import ConfigurationError, InvalidSpec, Unavailable
-from executors.mock import OOM_EXIT_CODE, STOP_EXIT_CODE, Fault, MockExecutor, parse_program
+from executors.mock import OOM_EXIT_CODE, STOP_EXIT_CODE, Fault, MockExecutor
 from executors.types import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
@@ -33,52 +33,6 @@ def spec(
 @pytest.fixture
 def mock(clock: FakeClock) -> MockExecutor:
     return MockExecutor(clock=clock)
-
-
-# The script language ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        ((), {}),
-        (("true",), {}),
-        (("python", "main.py"), {}),
-        (("echo", "hello", "world"), {"stdout": b"hello world\n"}),
-        (("stderr", "bad", "thing"), {"stderr": b"bad thing\n"}),
-        (("sleep", "2.5"), {"duration": 2.5}),
-        (("exit", "3"), {"exit_code": 3}),
-        (("exit",), {"exit_code": 0}),
-        (("false",), {"exit_code": 1}),
-        (("oom",), {"oom": True}),
-        (("hang",), {"hang": True}),
-        (("vanish",), {"vanish": True}),
-        (("spew", "5"), {"stdout": b"xxxxx"}),
-        (
-            ("sh", "-c", "echo a; stderr b; sleep 1; sleep 2; exit 4"),
-            {"stdout": b"a\n", "stderr": b"b\n", "duration": 3.0, "exit_code": 4},
-        ),
-        (
-            ("/bin/sh", "-c", "echo 'quoted words'; false; echo never"),
-            {"stdout": b"quoted words\n", "exit_code": 1},
-        ),
-        (("sh", "-c", "exit 2; echo never"), {"exit_code": 2}),
-        (("sh", "-c", "echo x;;  ; oom"), {"stdout": b"x\n", "oom": True}),
-    ],
-)
-def test_parse_program(argv: tuple[str, ...], expected: dict[str, Any]) -> None:
-    program = parse_program(argv)
-    defaults = {
-        "stdout": b"",
-        "stderr": b"",
-        "duration": 0.0,
-        "exit_code": 0,
-        "oom": False,
-        "hang": False,
-        "vanish": False,
-    }
-    for key, value in (defaults | expected).items():
-        assert getattr(program, key) == value, key
 
 
 # Lifecycle on a controlled clock -----------------------------------------------------------
@@ -367,7 +321,7 @@ def test_unhealthy_mock_refuses_every_call() -> None:
 
 
 def test_from_config() -> None:
-    mock = MockExecutor.from_config("", {"healthy": False, "latency": "0.01"}, "m")
+    mock = MockExecutor.from_config("", {"healthy": False, "latency": 0.01}, "m")
     assert (mock.name, mock.healthy, mock.latency) == ("m", False, 0.01)
     with pytest.raises(ConfigurationError, match="bogus"):
         MockExecutor.from_config("", {"bogus": 1}, "m")

@@ -2,14 +2,16 @@
 
 Sources, first match wins: the container env var ``FAKE_BEHAVIOUR``
 (``"start=0.1;sleep=0.5;exit=3"``, ``hang``, ``oom``, ``crash``, ``say=text``, ``warn=text``),
-the argv in the mock executor's script language (``sh -c "echo hi; sleep 1; exit 3"``,
-``false``, ``hang``), a per-image script (``FakeCloudRun.set_behaviour``), else the default.
+the argv read by ``executors.script`` as the mock executor reads it (``sh -c "echo hi; sleep 1;
+exit 3"``, ``false``, ``hang``, ``stderr text``; ``vanish`` has no Cloud Run meaning and is
+ignored), a per-image script (``FakeCloudRun.set_behaviour``), else the default.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
+
+from executors.script import parse_script
 
 
 @dataclass
@@ -57,32 +59,16 @@ def parse_behaviour(text: str) -> Behaviour:
 
 
 def behaviour_from_argv(argv: list[str]) -> Behaviour | None:
-    """The mock executor's script language: ``sh -c "echo hi; sleep 1; exit 3"``, ``false``, ``hang``."""
+    """The argv as the mock executor reads it (``executors.script``); None for an empty argv."""
     if not argv:
         return None
-    if len(argv) >= 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c":
-        steps = [shlex.split(part) for part in argv[2].split(";")]
-    else:
-        steps = [argv]
-    behaviour = Behaviour(duration=0.0)
-    for step in steps:
-        if not step:
-            continue
-        verb, args = step[0], step[1:]
-        if verb == "sleep":
-            behaviour.duration = (behaviour.duration or 0.0) + (float(args[0]) if args else 0.0)
-        elif verb == "echo":
-            if args[-1:] == [">&2"]:
-                behaviour.stderr.append(" ".join(args[:-1]))
-            else:
-                behaviour.stdout.append(" ".join(args))
-        elif verb == "exit":
-            behaviour.exit_code = int(args[0]) if args else 0
-            break
-        elif verb == "false":
-            behaviour.exit_code = 1
-            break
-        elif verb in ("hang", "oom", "crash"):
-            setattr(behaviour, verb, True)
-            break
-    return behaviour
+    script = parse_script(argv)
+    return Behaviour(
+        duration=script.duration,
+        exit_code=script.exit_code,
+        hang=script.hang,
+        oom=script.oom,
+        crash=script.crash,
+        stdout=script.stdout.decode(errors="replace").splitlines(),
+        stderr=script.stderr.decode(errors="replace").splitlines(),
+    )

@@ -52,3 +52,8 @@ def wait_exited(executor: CloudRunExecutor, name: str, timeout: float = 10.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"{name} still {observed.state} after {timeout} s")
         time.sleep(0.05)
+
+
+def total_calls(executor: CloudRunExecutor) -> int:
+    """Google requests the executor has sent, all methods together."""
+    return sum(counts.calls for counts in executor.counters().values())

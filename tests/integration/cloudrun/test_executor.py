@@ -104,9 +104,9 @@ def test_a_running_execution_reports_its_start(executor: CloudRunExecutor) -> No
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert observed.state is ContainerState.RUNNING
-    calls = executor.api_calls_by_method["get_execution"]
+    calls = executor.counters()["get_execution"].calls
     executor.inspect(spec.name)  # the start time is known: no further GetExecution
-    assert executor.api_calls_by_method["get_execution"] == calls
+    assert executor.counters()["get_execution"].calls == calls
 
 
 def test_stop_cancels_the_execution(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:

@@ -121,8 +121,8 @@ def test_create_operation_is_waited_for(executor: CloudRunExecutor, fake_cloudru
     fake_cloudrun.operation_delay = 0.3
     spec = make_spec(command=("sh", "-c", "sleep 0.2"))
     assert executor.launch(spec).state is ContainerState.RUNNING
-    assert executor.api_calls_by_method["get_operation"] >= 1
-    assert fake_cloudrun.calls["GetOperation"] == executor.api_calls_by_method["get_operation"]
+    assert executor.counters()["get_operation"].calls >= 1
+    assert fake_cloudrun.calls["GetOperation"] == executor.counters()["get_operation"].calls
 
 
 def test_relaunch_waits_for_a_job_still_being_created(
@@ -135,7 +135,7 @@ def test_relaunch_waits_for_a_job_still_being_created(
     assert fake_cloudrun.calls["RunJob"] == 0
     executor = make_executor()
     assert executor.launch(spec).state is ContainerState.RUNNING
-    assert executor.api_calls_by_method["get_job"] >= 2  # polled while reconciling
+    assert executor.counters()["get_job"].calls >= 2  # polled while reconciling
     assert executions(fake_cloudrun, spec.name) == 1
 
 
@@ -147,8 +147,8 @@ def test_transient_create_errors_are_retried(executor: CloudRunExecutor, fake_cl
     spec = make_spec(command=("sh", "-c", "sleep 0.2"))
     assert executor.launch(spec).state is ContainerState.RUNNING
     assert fake_cloudrun.calls["CreateJob"] == 3
-    assert executor.api_retries == 2
-    assert executor.api_errors_by_method == {"create_job": 2}
+    assert {verb: c.retries for verb, c in executor.counters().items() if c.retries} == {"create_job": 2}
+    assert {verb: c.errors for verb, c in executor.counters().items() if c.errors} == {"create_job": 2}
 
 
 def test_quota_errors_back_off_longer(executor: CloudRunExecutor, fake_cloudrun: FakeCloudRun) -> None:
@@ -212,7 +212,7 @@ def test_invalid_spec_is_permanent(executor: CloudRunExecutor, fake_cloudrun: Fa
     with pytest.raises(InvalidSpec, match="Invalid image"):
         executor.launch(make_spec(image="Not A Valid/Image"))
     assert fake_cloudrun.calls["CreateJob"] == 1  # not retried
-    assert executor.api_retries == 0
+    assert all(c.retries == 0 for c in executor.counters().values())
 
 
 def test_the_executor_refuses_what_cloud_run_cannot_run(executor: CloudRunExecutor) -> None:
@@ -225,7 +225,7 @@ def test_the_executor_refuses_what_cloud_run_cannot_run(executor: CloudRunExecut
     assert "8080-secret-ish" not in str(caught.value)
     with pytest.raises(InvalidSpec, match="32768 bytes"):
         executor.launch(make_spec(env=(("BIG", "x" * 40000),)))
-    assert executor.api_calls == 0
+    assert executor.counters() == {}
 
 
 def test_check_environment_names_the_variable_and_the_rule_never_the_value() -> None:

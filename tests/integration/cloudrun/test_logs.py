@@ -41,7 +41,7 @@ def test_only_the_containers_stdout_and_stderr_are_read(
         "run.googleapis.com%2Fstdout",
         "run.googleapis.com%2Fstderr",
     }
-    assert executor.api_calls_by_method["list_log_entries"] == 1
+    assert executor.counters()["list_log_entries"].calls == 1
 
 
 def test_tails_are_bounded_and_newest(make_executor: MakeExecutor, fake_cloudrun: FakeCloudRun) -> None:

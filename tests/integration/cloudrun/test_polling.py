@@ -9,18 +9,18 @@ from executors.cloudrun import CloudRunExecutor
 from executors.types import LABEL_INSTANCE, ContainerState
 from tests.fakes.cloudrun import FakeCloudRun
 
-from .helpers import INSTANCE, make_spec, wait_exited
+from .helpers import INSTANCE, make_spec, total_calls, wait_exited
 
 MakeExecutor = Callable[..., CloudRunExecutor]
 
 
 def poll(executor: CloudRunExecutor, names: list[str]) -> int:
     """One reconciler poll (list, then inspect each); returns the Google calls it made."""
-    before = executor.api_calls
+    before = total_calls(executor)
     executor.list_managed(INSTANCE)
     for name in names:
         executor.inspect(name)
-    return executor.api_calls - before
+    return total_calls(executor) - before
 
 
 def test_a_poll_costs_one_call_however_many_foreign_executions(

@@ -42,10 +42,10 @@ def test_registry_finds_the_docker_backend() -> None:
 def test_defaults() -> None:
     executor = DockerExecutor.from_config("unix:///var/run/docker.sock", {}, "local")
     assert executor.kind == "docker"
-    assert executor.supports_events and executor.supports_stats and executor.supports_log_streaming
+    assert executor.supports_events and executor.supports_stats
     assert executor.network == "bridge"
     assert executor.api_timeout == 30 and executor.allow_pull is False
-    assert executor.reconnects == 0
+    assert executor.counters() == {}
     executor.close()
 
 
@@ -384,5 +384,5 @@ def test_watch_reconnects_after_a_drop_and_a_refusal() -> None:
     daemon = _FakeDaemon([[a, "drop"], "refuse", [a, b]])
     got, executor = _collect(daemon, 3)
     assert [e.kind for e in got] == [EventKind.STARTED, EventKind.RESYNC, EventKind.DIED]
-    assert executor.reconnects == 1
+    assert executor.counters()["events"].retries == 1  # one reconnection
     assert daemon.requests[-1]["since"] == "0.000000100"
