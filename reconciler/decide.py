@@ -17,8 +17,6 @@ it to a cleaner that removes it without holding up the job.
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,11 +28,9 @@ from container_manager.states import (
     Reason,
     execution_status_to_job,
 )
+from executors.backoff import backoff_seconds
 from executors.types import ContainerState, Observed
 from reconciler.outcome import DONE, Done, RequeueAfter
-
-#: The longest backoff ever waited between two attempts, whatever a row says (30 days).
-MAX_BACKOFF_SECONDS = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -197,21 +193,6 @@ def needs_observation(job: JobView, attempt: AttemptView | None) -> bool:
 def needs_cleanup(attempt: AttemptView | None) -> bool:
     """The attempt is over and recorded, and its container (if any) has not been removed yet."""
     return attempt is not None and attempt.status.is_terminal and not attempt.cleaned_up
-
-
-def backoff_seconds(key: object, attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with "equal jitter", deterministic per (key, attempt): a job id, say.
-
-    The delay after attempt n is uniform in [d/2, d] with d = min(cap, base * 2**(n-1)), so
-    jobs failing together spread out, yet a given job's schedule is reproducible. Values a row
-    should never hold (negative, NaN, huge) are clamped to [0, ``MAX_BACKOFF_SECONDS``].
-    """
-    exponent = min(max(0, attempt - 1), 64)
-    ceiling = min(cap, base * 2.0**exponent, MAX_BACKOFF_SECONDS)
-    if not math.isfinite(ceiling) or ceiling < 0:
-        ceiling = 0.0 if math.isnan(ceiling) or ceiling < 0 else MAX_BACKOFF_SECONDS
-    jitter = random.Random(f"{key}:{attempt}").random()
-    return ceiling * (0.5 + 0.5 * jitter)
 
 
 def job_outcome(
