@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import tenacity
@@ -50,9 +50,14 @@ POLL_LONGEST_PAUSE = 2.0
 
 
 class CallCounter:
-    """Calls, retries and errors per verb, safe to update from many threads."""
+    """Calls, retries and errors per verb, safe to update from many threads.
 
-    def __init__(self) -> None:
+    ``verbs`` are reported from the start, with zeros, so a reader sees the same keys before and
+    after the first call; a verb not announced appears once it is counted.
+    """
+
+    def __init__(self, verbs: Iterable[str] = ()) -> None:
+        self._verbs = tuple(verbs)
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
@@ -73,7 +78,7 @@ class CallCounter:
     def snapshot(self) -> dict[str, CallCounts]:
         """verb -> its counts so far; a new dict of frozen values each time."""
         with self._lock:
-            verbs = set(self._calls) | set(self._retries) | set(self._errors)
+            verbs = set(self._verbs) | set(self._calls) | set(self._retries) | set(self._errors)
             return {
                 verb: CallCounts(self._calls[verb], self._retries[verb], self._errors[verb])
                 for verb in sorted(verbs)
@@ -101,6 +106,7 @@ class Calls:
         backoff_max: float,
         max_seconds: float | None = None,
         on_retry: Callable[[str, int, ExecutorError], None] | None = None,
+        verbs: Iterable[str] = (),
     ) -> None:
         self.translate = translate
         #: Tries of one call in all (1: never retried).
@@ -109,7 +115,7 @@ class Calls:
         self.backoff_max = backoff_max
         self.max_seconds = max_seconds
         self.on_retry = on_retry
-        self.counter = CallCounter()
+        self.counter = CallCounter(verbs)
         #: Injectable for tests.
         self.sleep: Callable[[float], None] = time.sleep
 

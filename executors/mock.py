@@ -115,7 +115,7 @@ class MockExecutor(Executor):
         self._seq = 0
         #: every verb call, in order, for tests that count API calls.
         self.calls: list[tuple[str, str]] = []
-        self._counter = CallCounter()
+        self._counter = CallCounter(("launch", "inspect", "stop", "logs", "remove", "list", "stats"))
         #: names ever created, and ever started: tests assert an attempt's program never runs twice.
         self.created: list[str] = []
         self.started: list[str] = []

@@ -38,6 +38,21 @@ from executors.exceptions import (
 
 T = TypeVar("T")
 
+#: The Google methods the executor calls: the verbs of its ``counters()``.
+METHODS = (
+    "create_job",
+    "get_job",
+    "run_job",
+    "delete_job",
+    "get_operation",
+    "get_execution",
+    "list_executions",
+    "cancel_execution",
+    "list_tasks",
+    "list_jobs",
+    "list_log_entries",
+)
+
 #: gRPC status code (as carried in a long-running operation's error) -> api_core exception.
 GRPC_CODE_EXCEPTIONS: dict[int, type[gexc.GoogleAPICallError]] = {
     1: gexc.Cancelled,
@@ -137,6 +152,7 @@ class GoogleCalls(Calls):
             attempts=retry_attempts,
             backoff=retry_backoff,
             backoff_max=retry_backoff_max,
+            verbs=METHODS,
         )
         self.call_timeout = call_timeout
 

@@ -39,6 +39,7 @@ from executors.base import DEFAULT_LOG_TAIL_BYTES, Executor
 from executors.docker import config as docker_config
 from executors.docker.config import DEFAULT_BASE_URL, validate_network
 from executors.docker.errors import check, explain, scrub, secret_values, translate
+from executors.docker.events import VERB as EVENTS_VERB
 from executors.docker.events import EventStream
 from executors.docker.wire import (
     MIB,
@@ -76,9 +77,14 @@ log = logging.getLogger("executors.docker")
 
 T = TypeVar("T")
 
-#: Transient failures: first pause and longest pause (s) between two tries of one request.
+#: Transient failures: tries of one request in all, the time they may take together (s), and
+#: the first and longest pause (s) between two tries.
+RETRY_ATTEMPTS = 4
+RETRY_MAX_SECONDS = 3.0
 RETRY_BACKOFF_SECONDS = 0.1
 RETRY_BACKOFF_MAX_SECONDS = 1.0
+#: The verbs ``counters()`` reports (``events`` is the event stream, see ``events.VERB``).
+VERBS = ("create", "start", "inspect", "stop", "remove", "logs", "list", "stats", "pull", EVENTS_VERB)
 #: Pauses while another launch holds the container's name: first and longest (s).
 NAME_WAIT_FIRST = 0.02
 NAME_WAIT_LONGEST = 0.5
@@ -97,9 +103,6 @@ class DockerExecutor(Executor):
     events_read_timeout: float | None = None
     #: Events replayed on an anchor-less reconnect, to cover the boundary of the last window.
     events_overlap: float = 0.5
-    #: Tries of one request in all, and the time they may take together (s).
-    retry_attempts: int = 4
-    retry_max_seconds: float = 3.0
 
     def __init__(
         self,
@@ -133,11 +136,12 @@ class DockerExecutor(Executor):
         self.api_version = api_version
         self.calls = Calls(
             lambda exc: self._translate(exc, ""),
-            attempts=self.retry_attempts,
+            attempts=RETRY_ATTEMPTS,
             backoff=RETRY_BACKOFF_SECONDS,
             backoff_max=RETRY_BACKOFF_MAX_SECONDS,
-            max_seconds=self.retry_max_seconds,
+            max_seconds=RETRY_MAX_SECONDS,
             on_retry=self._log_retry,
+            verbs=VERBS,
         )
         self._api: docker.APIClient | None = None
         self._closed = False
@@ -169,6 +173,15 @@ class DockerExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"DockerExecutor(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def retry_attempts(self) -> int:
+        """Tries of one request in all (1: never retried); tests lower it."""
+        return self.calls.attempts
+
+    @retry_attempts.setter
+    def retry_attempts(self, value: int) -> None:
+        self.calls.attempts = value
 
     def counters(self) -> dict[str, CallCounts]:
         """Per verb (``create``, ``start``, ``inspect``, ..., ``events``): calls, retries, errors."""
@@ -255,7 +268,7 @@ class DockerExecutor(Executor):
 
     def _create_or_find(self, spec: ContainerSpec, secrets: Sequence[str]) -> Observed | None:
         """Create the container (None), or return the one already holding the name."""
-        deadline = time.monotonic() + self.retry_max_seconds
+        deadline = time.monotonic() + RETRY_MAX_SECONDS
         tries = 0
         while True:
             try:

@@ -137,3 +137,10 @@ def test_snapshots_are_copies() -> None:
     before = calls.counter.snapshot()
     calls.run("inspect", lambda: None)
     assert before["inspect"].calls == 1 and calls.counter.snapshot()["inspect"].calls == 2
+
+
+def test_announced_verbs_are_reported_from_the_start() -> None:
+    calls = Calls(_translate, attempts=1, backoff=0.1, backoff_max=1.0, verbs=("create", "inspect"))
+    assert calls.counter.snapshot() == {"create": CallCounts(), "inspect": CallCounts()}
+    calls.run("other", lambda: None)
+    assert set(calls.counter.snapshot()) == {"create", "inspect", "other"}

@@ -32,7 +32,7 @@ from executors.exceptions import (
     Unavailable,
 )
 from executors.registry import backend_class
-from executors.types import ContainerState, EventKind, ExecutorEvent
+from executors.types import CallCounts, ContainerState, EventKind, ExecutorEvent
 
 
 def test_registry_finds_the_docker_backend() -> None:
@@ -45,7 +45,9 @@ def test_defaults() -> None:
     assert executor.supports_events and executor.supports_stats
     assert executor.network == "bridge"
     assert executor.api_timeout == 30 and executor.allow_pull is False
-    assert executor.counters() == {}
+    counters = executor.counters()
+    assert {"create", "start", "inspect", "logs", "remove", "events"} <= set(counters)
+    assert all(counts == CallCounts() for counts in counters.values())  # nothing sent yet
     executor.close()
 
 
