@@ -94,6 +94,9 @@ def counts_as_error(error: ExecutorError) -> bool:
     return not isinstance(error, NotFound | Conflict)
 
 
+_RETRY_IF = tenacity.retry_if_exception(lambda e: isinstance(e, ExecutorError) and retryable(e))
+
+
 class Calls:
     """Runs, translates, retries and counts the requests of one executor."""
 
@@ -118,6 +121,8 @@ class Calls:
         self.counter = CallCounter(verbs)
         #: Injectable for tests.
         self.sleep: Callable[[float], None] = time.sleep
+        self._stop_for: tuple[int, float | None] | None = None
+        self._stop_cached: tenacity.stop.stop_base = tenacity.stop_never
 
     def run(
         self,
@@ -151,9 +156,6 @@ class Calls:
 
         if not retry or self.attempts <= 1:
             return attempt()
-        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(self.attempts)
-        if self.max_seconds is not None:
-            stop = stop | tenacity.stop_after_delay(self.max_seconds)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.counter.retry(verb)
@@ -162,14 +164,27 @@ class Calls:
                 self.on_retry(verb, state.attempt_number, error)
 
         retrying = tenacity.Retrying(
-            stop=stop,
+            stop=self._stop(),
             wait=self._wait,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ExecutorError) and retryable(e)),
+            retry=_RETRY_IF,
             before_sleep=before_sleep,
-            sleep=lambda seconds: self.sleep(seconds),
+            sleep=self._sleep,
             reraise=True,
         )
         return retrying(attempt)
+
+    def _stop(self) -> tenacity.stop.stop_base:
+        """When to give up, rebuilt only when ``attempts`` or ``max_seconds`` changed."""
+        key = (self.attempts, self.max_seconds)
+        if self._stop_for != key:
+            stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(self.attempts)
+            if self.max_seconds is not None:
+                stop = stop | tenacity.stop_after_delay(self.max_seconds)
+            self._stop_cached, self._stop_for = stop, key
+        return self._stop_cached
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleep(seconds)  # looked up at each pause, so tests may replace ``sleep``
 
     def delay(self, attempt: int, error: BaseException | None) -> float:
         """The pause after the ``attempt``-th failed try (1 for the first)."""
