@@ -275,7 +275,8 @@ def daemon_factory() -> Iterator[Any]:
     yield make
     for daemon in made:
         daemon.stop_event.set()
-        for thread in list(daemon._watchers.values()):
+        daemon.hosts.close()
+        for thread in daemon.hosts.watchers():
             thread.join(5)
 
 
@@ -285,12 +286,12 @@ def test_event_stream_reconnects_are_counted_per_host(daemon_factory: Any) -> No
     flaky = FlakyStream("flaky", breaks=1)
     daemon = daemon_factory(lambda h: flaky)
     before = sample("container_manager_event_stream_reconnects_total", {"host": "flaky"})
-    daemon._ensure_watcher(host)
+    daemon.hosts.reconcile(host.pk)  # the host step starts its event watcher
     deadline = time.monotonic() + 5
     while len(flaky.attempts) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sample("container_manager_event_stream_reconnects_total", {"host": "flaky"}) == before + 1
-    assert daemon.resync_now.is_set()
+    assert daemon.sources.resync_now.is_set()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -306,7 +307,7 @@ def test_executor_events_are_counted_by_host_and_kind(daemon_factory: Any) -> No
         sample("container_manager_events_received_total", started),
         sample("container_manager_events_received_total", died),
     )
-    daemon._ensure_watcher(host)
+    daemon.hosts.reconcile(host.pk)  # the host step starts its event watcher
     deadline = time.monotonic() + 5
     while (
         sample("container_manager_events_received_total", died) == before[1] and time.monotonic() < deadline
@@ -322,7 +323,8 @@ def test_host_health_gauge_follows_the_probe(daemon_factory: Any) -> None:
     good = ExecutorHost.objects.create(name="good", executor_type="mock")
     bad = ExecutorHost.objects.create(name="bad", executor_type="mock", executor_config={"healthy": False})
     daemon = daemon_factory(lambda h: MockExecutor(h.name, healthy=h.pk != bad.pk))
-    daemon.check_hosts()
+    for host in (good, bad):
+        daemon.hosts.reconcile(host.pk)  # the host step probes a never-checked host
     assert sample("container_manager_host_healthy", {"host": "good"}) == 1
     assert sample("container_manager_host_healthy", {"host": "bad"}) == 0
     good.refresh_from_db()
@@ -342,7 +344,7 @@ def test_orphan_removal_and_resync_timestamp(daemon_factory: Any, mock_host: Exe
     daemon = daemon_factory(lambda h: mock)
     before = sample("container_manager_orphans_removed_total", {"host": mock_host.name})
     started = time.time()
-    daemon.sweep_orphans()  # first sighting starts the grace period (0 s here)
+    daemon.hosts.reconcile(mock_host.pk)  # the census removes it (grace 0 s here)
     daemon.resync()
     assert sample("container_manager_orphans_removed_total", {"host": mock_host.name}) == before + 1
     assert mock.list_managed("default") == []

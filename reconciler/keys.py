@@ -1,0 +1,20 @@
+"""The keys of the work queue: what a worker is asked to reconcile next.
+
+A job's key is its id (``int``); a host's is ``HostKey(pk)``; ``CLAIM`` asks for due jobs to
+be claimed and ``CLEANUP`` for finished attempts' containers to be removed. The queue hands a key
+to one worker at a time, so two steps never race on the same job, host, claim or cleanup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLAIM = "claim"
+CLEANUP = "cleanup"
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """The host reconciler's key for one executor host."""
+
+    pk: int
