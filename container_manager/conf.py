@@ -46,6 +46,9 @@ class Policy:
     poll_seconds: float = 0.5
     #: An attempt still "launching" after this long (launch kept failing transiently) fails.
     launch_deadline_seconds: float = 300.0
+    #: A running attempt whose host has answered nothing for this long is lost (and retried
+    #: elsewhere when the job allows).
+    host_lost_seconds: float = 120.0
     #: Distinguishes this installation's containers from others' on a shared Docker host.
     instance: str = "default"
     #: Environment variables of this process that host rows (``executor_config``) may name with

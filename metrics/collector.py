@@ -161,16 +161,22 @@ class JobsCollector(Collector):
         *,
         host_names: Iterable[str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        enabled: Callable[[], bool] | None = None,
     ) -> None:
         #: only these hosts (the daemon's ``--host`` filter); None = every active host.
         self.host_names = tuple(host_names) if host_names else None
         self._clock = clock
+        #: with several replicas only the leader reads the job table (the same numbers from every
+        #: replica would be counted once per replica): the others export none of these families.
+        self.enabled = enabled
 
     def describe(self) -> Iterable[Metric]:
         # Lets the registry check names at registration without running the queries.
         return list(_families().values())
 
     def collect(self) -> Iterator[Metric]:
+        if self.enabled is not None and not self.enabled():
+            return
         families = _families()
         started = time.perf_counter()
         try:
@@ -209,6 +215,8 @@ def register(registry: CollectorRegistry, **kwargs: Any) -> JobsCollector:
         if existing is not None:
             if "host_names" in kwargs:
                 existing.host_names = tuple(kwargs["host_names"]) if kwargs["host_names"] else None
+            if "enabled" in kwargs:
+                existing.enabled = kwargs["enabled"]
             return existing
         collector = JobsCollector(**kwargs)
         registry.register(collector)

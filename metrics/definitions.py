@@ -124,6 +124,17 @@ ORPHANS_REMOVED = Counter(
     registry=REGISTRY,
 )
 LEADER = Gauge("container_manager_leader", "1 while this daemon holds leadership, else 0.", registry=REGISTRY)
+HOSTS_OWNED = Gauge(
+    "container_manager_hosts_owned",
+    "Executor hosts this replica drives now (holds the lease of).",
+    registry=REGISTRY,
+)
+HOST_LEASE_CHANGES = Counter(
+    "container_manager_host_lease_changes_total",
+    "Host leases this replica gained or lost (hand-overs, takeovers, expiries).",
+    ["change"],
+    registry=REGISTRY,
+)
 LAST_PASS = Gauge(
     "container_manager_last_resync_timestamp_seconds",
     "Unix time of the last completed full resync pass.",
@@ -167,6 +178,8 @@ def zero_initialise(hosts: Iterable[str] = ()) -> None:
         RETRIES_SCHEDULED.labels(reason)
     for kind in ("executor_transient", "executor_permanent", "database", "internal"):
         RECONCILE_ERRORS.labels(kind)
+    for change in ("gained", "lost"):
+        HOST_LEASE_CHANGES.labels(change)
     for host in hosts:
         EVENT_STREAM_RECONNECTS.labels(host)
         HOST_HEALTHY.labels(host)

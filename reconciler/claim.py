@@ -22,13 +22,13 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 
 from container_manager.conf import Policy
-from container_manager.models import ContainerExecution, ContainerJob
+from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
 from container_manager.states import ExecutionStatus, JobStatus
-from container_manager.transitions import Move, check_fence, transition_many
+from container_manager.transitions import Move, check_fence, fenced_for, transition_many
 from executors.types import ContainerSpec
 from reconciler import decide as d
 from reconciler import record
-from reconciler.hosts import assign, lock_hosts
+from reconciler.hosts import HostSlots, assign, lock_hosts
 from reconciler.snapshot import Snapshot, job_view
 from reconciler.spec import spec_or_problem
 
@@ -52,77 +52,84 @@ def claim_due(
     decide_policy: d.DecidePolicy,
     now: datetime,
     limit: int,
-    host_names: Collection[str] | None = None,
+    hosts: Q | None = None,
     job_ids: Collection[int] | None = None,
 ) -> Claimed:
-    """Claim up to ``limit`` due jobs (all due ones, or only ``job_ids``) onto hosts with free slots."""
+    """Claim up to ``limit`` due jobs (all, or only ``job_ids``) onto free slots of ``hosts``."""
     result = Claimed()
     with transaction.atomic():
-        check_fence()
-        hosts = lock_hosts(host_names)
-        slots = [s for _, s in hosts]
-        open_hosts = [s.pk for s in slots if s.free > 0]
-        if not open_hosts:
-            return result
-        due = ContainerJob.objects.due(now).select_related("environment_template")
-        due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True))
-        if job_ids is not None:
-            due = due.filter(pk__in=list(job_ids))
-        if connection.features.has_select_for_update_skip_locked:
-            due = due.select_for_update(skip_locked=True, of=("self",))
-        size = min(limit, sum(s.free for s in slots))
-        rows = list(due[:size])
-        result.more = len(rows) == size
-        candidates: list[tuple[ContainerJob, ContainerSpec]] = []
-        for job in rows:
-            spec, problem = spec_or_problem(job, job.attempts + 1, policy)
-            decision = d.decide(
-                job_view(job, policy), None, d.Facts(spec_problem=problem), now, decide_policy
-            )
-            if isinstance(decision, d.SettleJob):
-                if record.settle_job(Snapshot(job, None), decision.outcome, actor=actor, now=now):
-                    result.settled.append(job.pk)
-                    log.warning(
-                        "job ended before a claim", job_id=job.pk, reason=decision.outcome.reason.value
-                    )
-            elif isinstance(decision, d.StartAttempt) and spec is not None:
-                candidates.append((job, spec))
-        placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
-        result.more = result.more or len(placed) < len(candidates)
-        by_pk = {host.pk: host for host, _ in hosts}
-        chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
-        if not chosen:
-            return result
-        moves = [
-            Move(
-                job.pk, JobStatus(job.status), job.attempts + 1, f"attempt {job.attempts + 1} on {host.name}"
-            )
-            for job, _, host in chosen
-        ]
-        limits = {
-            "attempts": F("attempts") + 1,
-            "memory_limit": Coalesce(F("memory_limit"), Value(policy.default_memory_mb)),
-            "cpu_limit": Coalesce(F("cpu_limit"), Value(policy.default_cpu)),
-            "timeout_seconds": Coalesce(F("timeout_seconds"), Value(policy.default_timeout_seconds)),
-        }
-        if not transition_many(
-            moves, JobStatus.LAUNCHING, actor=actor, fields=limits, now=now, savepoint=False
-        ):
-            # Rows are locked (PostgreSQL) or writes serialised (SQLite): only a bug gets here.
-            raise RuntimeError("a claimed job changed under its lock")
-        executions = ContainerExecution.objects.bulk_create(
-            ContainerExecution(
-                job_id=job.pk,
-                attempt=job.attempts + 1,
-                executor_host=host,
-                host_name=host.name,
-                executor_type=host.executor_type,
-                container_name=spec.name,
-                status=ExecutionStatus.LAUNCHING.value,
-                created_at=now,
-            )
-            for job, spec, host in chosen
+        locked = lock_hosts(hosts)
+        with fenced_for(*(host.pk for host, _ in locked)):
+            return _claim(result, locked, actor, policy, decide_policy, now, limit, job_ids)
+
+
+def _claim(
+    result: Claimed,
+    hosts: list[tuple[ExecutorHost, HostSlots]],
+    actor: str,
+    policy: Policy,
+    decide_policy: d.DecidePolicy,
+    now: datetime,
+    limit: int,
+    job_ids: Collection[int] | None,
+) -> Claimed:
+    """The claim, inside its transaction, with the hosts locked."""
+    check_fence()
+    slots = [s for _, s in hosts]
+    open_hosts = [s.pk for s in slots if s.free > 0]
+    if not open_hosts:
+        return result
+    due = ContainerJob.objects.due(now).select_related("environment_template")
+    due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True))
+    if job_ids is not None:
+        due = due.filter(pk__in=list(job_ids))
+    if connection.features.has_select_for_update_skip_locked:
+        due = due.select_for_update(skip_locked=True, of=("self",))
+    size = min(limit, sum(s.free for s in slots))
+    rows = list(due[:size])
+    result.more = len(rows) == size
+    candidates: list[tuple[ContainerJob, ContainerSpec]] = []
+    for job in rows:
+        spec, problem = spec_or_problem(job, job.attempts + 1, policy)
+        decision = d.decide(job_view(job, policy), None, d.Facts(spec_problem=problem), now, decide_policy)
+        if isinstance(decision, d.SettleJob):
+            if record.settle_job(Snapshot(job, None), decision.outcome, actor=actor, now=now):
+                result.settled.append(job.pk)
+                log.warning("job ended before a claim", job_id=job.pk, reason=decision.outcome.reason.value)
+        elif isinstance(decision, d.StartAttempt) and spec is not None:
+            candidates.append((job, spec))
+    placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
+    result.more = result.more or len(placed) < len(candidates)
+    by_pk = {host.pk: host for host, _ in hosts}
+    chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
+    if not chosen:
+        return result
+    moves = [
+        Move(job.pk, JobStatus(job.status), job.attempts + 1, f"attempt {job.attempts + 1} on {host.name}")
+        for job, _, host in chosen
+    ]
+    limits = {
+        "attempts": F("attempts") + 1,
+        "memory_limit": Coalesce(F("memory_limit"), Value(policy.default_memory_mb)),
+        "cpu_limit": Coalesce(F("cpu_limit"), Value(policy.default_cpu)),
+        "timeout_seconds": Coalesce(F("timeout_seconds"), Value(policy.default_timeout_seconds)),
+    }
+    if not transition_many(moves, JobStatus.LAUNCHING, actor=actor, fields=limits, now=now, savepoint=False):
+        # Rows are locked (PostgreSQL) or writes serialised (SQLite): only a bug gets here.
+        raise RuntimeError("a claimed job changed under its lock")
+    executions = ContainerExecution.objects.bulk_create(
+        ContainerExecution(
+            job_id=job.pk,
+            attempt=job.attempts + 1,
+            executor_host=host,
+            host_name=host.name,
+            executor_type=host.executor_type,
+            container_name=spec.name,
+            status=ExecutionStatus.LAUNCHING.value,
+            created_at=now,
         )
+        for job, spec, host in chosen
+    )
     for (job, spec, _host), execution in zip(chosen, executions, strict=True):
         job.status = JobStatus.LAUNCHING.value
         job.attempts += 1

@@ -45,9 +45,17 @@ from reconciler.cleanup import Cleaner
 from reconciler.decide import backoff_seconds
 from reconciler.host_step import HostReconciler
 from reconciler.keys import CLAIM, CLEANUP, HostKey
-from reconciler.leader import DEFAULT_LEASE_NAME, DEFAULT_TTL, Elector, guarded_executors, make_elector
+from reconciler.leader import (
+    DEFAULT_LEASE_NAME,
+    DEFAULT_TTL,
+    Elector,
+    LeaseElector,
+    connect_for_leases,
+    make_elector,
+)
 from reconciler.outcome import DONE, Outcome, RequeueAfter
 from reconciler.queue import ShutDown, WorkQueue
+from reconciler.shards import AllHosts, HostScope, HostShards, guard_hosts
 from reconciler.sources import Sources
 from reconciler.step import Reconciler
 
@@ -114,8 +122,11 @@ class Daemon:
             ttl=self.options.lease_seconds,
             oneshot=self.options.once,
         )
-        if self.elector.needs_fence:
-            executor_for = guarded_executors(executor_for, self.elector)
+        #: the hosts this replica drives: a share of them, through host leases (PostgreSQL with
+        #: election), or every one (a single replica: SQLite, --leader-election off, --once).
+        self.host_scope: HostScope = self._make_scope()
+        if isinstance(self.host_scope, HostShards):
+            executor_for = guard_hosts(executor_for, self.host_scope)
         self.executor_for = executor_for
         self.notifier = sdnotify.Notifier.from_environ()
         self.queue = WorkQueue()
@@ -127,7 +138,7 @@ class Daemon:
             actor=self.options.actor,
             policy=self.policy,
             executor_for=executor_for,
-            host_names=self.options.host_names or None,
+            hosts=self.host_scope,
             cache=True,
             request_claim=self._request_claim,
             cleaner=self.cleaner,
@@ -145,14 +156,13 @@ class Daemon:
         self.ready = threading.Event()
         self.resync_seconds = self.options.resync_seconds or self.policy.resync_seconds
         self.poll_seconds = self.options.poll_seconds or self.policy.poll_seconds
-        host_names = frozenset(self.options.host_names) if self.options.host_names else None
         self.sources = Sources(
             self.queue,
             forget=self.reconciler.forget,
             stop=self.stop_event,
             poll_seconds=self.poll_seconds,
             resync_seconds=self.resync_seconds,
-            host_names=host_names,
+            hosts=self.host_scope,
             instance=self.policy.instance,
         )
         self.sources.on_resync = self._resynced
@@ -161,7 +171,7 @@ class Daemon:
             executor_for=executor_for,
             queue=self.queue,
             start_watcher=None if self.options.once else self._start_watcher,
-            host_names=host_names,
+            hosts=self.host_scope,
         )
         #: the watchdog is pinged only while ``last_pass`` is younger than this (as /healthz).
         self.stale_after = STALE_AFTER_RESYNCS * self.resync_seconds
@@ -189,12 +199,13 @@ class Daemon:
             self.shutdown()
             return 0
         m.zero_initialise(self._hosts().values_list("name", flat=True))
+        # SQLite: refuses to start beside another daemon. PostgreSQL: campaigns in the background
+        # for the leader's duties (the job-table metrics); every replica drives its hosts.
         self.elector.start()
-        if self.elector.needs_fence:
-            set_fence(self.elector.fence)
+        self.host_scope.start()
+        if isinstance(self.host_scope, HostShards):
+            set_fence(self._fence)
         try:
-            if not self._wait_for_leadership():
-                return 0
             self._start(self.sources.resync_loop, "resync")
             self._start(lambda: self.sources.poll_loop(paused=lambda: self.reconciler.draining), "poller")
             if notify.is_postgres():
@@ -206,7 +217,7 @@ class Daemon:
                 "daemon started",
                 workers=self.options.workers,
                 actor=self.options.actor,
-                hosts=list(self.options.host_names) or "all",
+                hosts=self.host_scope.describe(),
                 role=self.elector.describe(),
             )
             return self._lead()
@@ -234,12 +245,13 @@ class Daemon:
                 thread.join(min(tick, max(0.0, deadline - time.monotonic())))
                 if self.notifier.ping_due(slack=tick / 2):
                     self.notifier.ping()
-        if len(self.cleaner) and self.elector.is_leader() and not self.elector.lost:
-            # Removals noted but not yet done (they wait a moment to be batched): do them now.
+        if len(self.cleaner) and not self.elector.lost:
+            # Removals noted but not yet done (they wait a moment to be batched): do them now
+            # (for the hosts this replica still holds; the others' drivers clean theirs).
             self._guarded("cleanup", self.cleaner.run)
-        if self.elector.needs_fence:
-            set_fence(None)
-        # Only now, with every fenced write done, hand the lease over (at once, not after TTL).
+        set_fence(None)
+        # Only now, with every fenced write done, hand the leases over (at once, not after TTL).
+        self.host_scope.stop(release=not self.elector.lost)
         self.elector.stop(release=not self.elector.lost)
         # The thread that ran the daemon used the database too (start-up, idle checks); its
         # connection would otherwise outlive the daemon when run() is called from a thread.
@@ -297,34 +309,14 @@ class Daemon:
             down.append(host.name)
         return down or None
 
-    def _wait_for_leadership(self) -> bool:
-        """Standby until the lease is ours; False if a stop was requested meanwhile."""
-        if self.elector.wait_leading(0):
-            return not self.stop_event.is_set()
-        self._announce_ready()
-        log.info("standing by", role=self.elector.describe())
-        while not self.elector.wait_leading(self._tick()):
-            if self.stop_event.is_set():
-                return False
-            # The election loop is this replica's work while standing by.
-            self.last_pass = max(self.last_pass, self.elector.heartbeat())
-            self._set_status(self.elector.describe())
-            self._feed_watchdog()
-            if self.options.until_idle and self._idle():
-                log.info("no unfinished jobs left (another replica did the work); exiting")
-                return False
-        log.info("leading", role=self.elector.describe())
-        self.last_pass = time.monotonic()
-        return not self.stop_event.is_set()
-
     def _lead(self) -> int:
-        """The main loop while leading: watch leadership, feed the watchdog, detect idleness."""
+        """The main loop: watch the leases, feed the watchdog, detect idleness."""
         while not self.stop_event.wait(self._tick()):
             if self.elector.lost:
                 break
             self._feed_watchdog()
             self._set_status(
-                f"{self.elector.describe()}: {len(self.queue)} queued, "
+                f"{self.elector.describe()}; {self.host_scope.describe()}: {len(self.queue)} queued, "
                 f"last pass {time.monotonic() - self.last_pass:.0f} s ago",
                 every=STATUS_EVERY,
             )
@@ -513,6 +505,40 @@ class Daemon:
         except Exception:
             log.exception("could not fail the job after repeated step errors", job_id=job_id)
         return RequeueAfter(60.0, "giving up failed")
+
+    # Host leases ----------------------------------------------------------------------
+
+    def _make_scope(self) -> HostScope:
+        names = self.options.host_names or None
+        elector = self.elector
+        if isinstance(elector, LeaseElector) and not self.options.once:
+            return HostShards(
+                name=self.options.lease_name,
+                holder=elector.holder,
+                ttl=self.options.lease_seconds,
+                connect=lambda: connect_for_leases(elector),
+                on_change=self._hosts_changed,
+                host_names=names,
+            )
+        return AllHosts(names)
+
+    def _fence(self, hosts: tuple[int, ...]) -> bool:
+        """In a status-changing transaction: does this replica still hold these hosts' leases?"""
+        if not hosts:
+            return True  # a waiting job settled: the compare-and-swap alone keeps it right
+        assert isinstance(self.host_scope, HostShards)
+        with connections["default"].cursor() as cursor:
+            return self.host_scope.fence(hosts, cursor)
+
+    def _hosts_changed(self, gained: set[int], lost: set[int]) -> None:
+        """A host lease came or went: stop touching a lost host at once, look at a new one now."""
+        for pk in lost:
+            self.hosts.release(pk)
+            self.reconciler.forget_host(pk)
+        for pk in gained:
+            self.queue.add(HostKey(pk))
+        if gained:
+            self.sources.resync_now.set()  # its jobs, and due jobs for its free slots
 
     # Sources and hosts -----------------------------------------------------------------
 

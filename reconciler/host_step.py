@@ -26,6 +26,7 @@ from metrics import definitions as m
 from reconciler.orphans import census
 from reconciler.outcome import DONE, Outcome, RequeueAfter
 from reconciler.queue import WorkQueue
+from reconciler.shards import AllHosts, HostScope
 
 log = structlog.get_logger("reconciler.hosts")
 
@@ -47,7 +48,7 @@ class HostReconciler:
         executor_for: Callable[[ExecutorHost], Executor],
         queue: WorkQueue,
         start_watcher: Callable[[str, Executor, threading.Event], threading.Thread] | None,
-        host_names: frozenset[str] | None = None,
+        hosts: HostScope | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -55,7 +56,8 @@ class HostReconciler:
         self.queue = queue
         #: starts a thread that turns a host's events into keys (None: no watchers, e.g. one pass).
         self.start_watcher = start_watcher
-        self.host_names = host_names
+        #: the hosts this replica drives (all, or its share of them).
+        self.scope: HostScope = hosts if hosts is not None else AllHosts()
         self.clock = clock
         self._watchers: dict[int, _Watcher] = {}
         #: host pk -> {orphan container name: when first seen}; a host's dict is only touched by
@@ -65,12 +67,8 @@ class HostReconciler:
 
     def reconcile(self, host_pk: int) -> Outcome:
         host = ExecutorHost.objects.filter(pk=host_pk).first()
-        if (
-            host is None
-            or not host.is_active
-            or (self.host_names is not None and host.name not in self.host_names)
-        ):
-            self._stop_watcher(host_pk)
+        if host is None or not host.is_active or not self.scope.owns(host.pk, host.name):
+            self.release(host_pk)
             return DONE
         if host.health_status == HealthStatus.UNHEALTHY or host.last_health_check is None:
             healthy = bool(host.health_check(timeout=PROBE_TIMEOUT_SECONDS))
@@ -95,7 +93,8 @@ class HostReconciler:
             stop = threading.Event()
             self._watchers[host.pk] = _Watcher(self.start_watcher(host.name, executor, stop), stop)
 
-    def _stop_watcher(self, host_pk: int) -> None:
+    def release(self, host_pk: int) -> None:
+        """Stop the host's event watcher (the host is gone, inactive, or driven by another replica)."""
         with self._lock:
             watcher = self._watchers.pop(host_pk, None)
         if watcher is not None:

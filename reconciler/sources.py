@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import structlog
 from django.db import close_old_connections
 
-from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
-from container_manager.states import LIVE, LIVE_EXECUTION_VALUES, JobStatus
+from container_manager.models import ContainerExecution, ExecutorHost
+from container_manager.states import LIVE, LIVE_EXECUTION_VALUES
 from executors.base import Executor
 from executors.types import EventKind
 from metrics import definitions as m
 from reconciler import notify
 from reconciler.keys import CLAIM, HostKey
 from reconciler.queue import WorkQueue
+from reconciler.shards import HostScope
 
 log = structlog.get_logger("reconciler.sources")
 
@@ -45,7 +46,7 @@ class Sources:
         stop: threading.Event,
         poll_seconds: float,
         resync_seconds: float,
-        host_names: Collection[str] | None,
+        hosts: HostScope,
         instance: str,
     ) -> None:
         self.queue = queue
@@ -53,7 +54,8 @@ class Sources:
         self.stop = stop
         self.poll_seconds = poll_seconds
         self.resync_seconds = resync_seconds
-        self.host_names = host_names
+        #: the hosts this replica drives: only their jobs and hosts are enqueued.
+        self.hosts = hosts
         self.instance = instance
         #: set to run the resync now (a stream gap, a reconnected listener, a stop).
         self.resync_now = threading.Event()
@@ -94,9 +96,15 @@ class Sources:
     def poll(self) -> None:
         """Ask for a claim of due jobs, and look at the live jobs whose cancellation was requested."""
         self.queue.add(CLAIM)
-        cancels = ContainerJob.objects.filter(
-            status__in=[s.value for s in LIVE], cancel_requested_at__isnull=False
-        ).values_list("id", flat=True)
+        cancels = (
+            ContainerExecution.objects.filter(
+                status__in=LIVE_EXECUTION_VALUES,
+                job__status__in=[s.value for s in LIVE],
+                job__cancel_requested_at__isnull=False,
+            )
+            .filter(self.hosts.host_q("executor_host__"))
+            .values_list("job_id", flat=True)
+        )
         for job_id in cancels:
             self.hint(job_id)
 
@@ -124,21 +132,18 @@ class Sources:
             self.on_resync()
 
     def work_ids(self) -> list[int]:
-        """Jobs with work beyond claiming: live or retrying ones, and finished ones not cleaned up.
-
-        Due pending jobs are the claimer's (``CLAIM``): a statement for many rows.
+        """Jobs with work on this replica's hosts beyond claiming: an attempt still live, or
+        finished and not cleaned up. Waiting jobs (pending, or retrying once their backoff has
+        passed) are the claimer's (``CLAIM``): a statement for many rows.
         """
-        busy = [s.value for s in (*LIVE, JobStatus.RETRYING)]
-        unfinished = list(ContainerJob.objects.filter(status__in=busy).values_list("id", flat=True))
-        dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=LIVE_EXECUTION_VALUES)
-        return unfinished + list(dirty.values_list("job_id", flat=True).distinct())
+        attempts = ContainerExecution.objects.filter(self.hosts.host_q("executor_host__")).filter(
+            cleaned_up=False
+        )
+        return list(attempts.values_list("job_id", flat=True).distinct())
 
     def host_pks(self) -> list[int]:
         """Every host this daemon drives (inactive ones too: their watchers must be stopped)."""
-        hosts = ExecutorHost.objects.all()
-        if self.host_names is not None:
-            hosts = hosts.filter(name__in=list(self.host_names))
-        return list(hosts.values_list("pk", flat=True))
+        return list(ExecutorHost.objects.filter(self.hosts.host_q()).values_list("pk", flat=True))
 
     # The listener ------------------------------------------------------------------
 

@@ -14,7 +14,11 @@ from reconciler.outcome import Done, RequeueAfter
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = d.DecidePolicy(
-    stop_grace_seconds=7, resync_seconds=30, launch_deadline_seconds=300, transient_retry_seconds=2
+    stop_grace_seconds=7,
+    resync_seconds=30,
+    launch_deadline_seconds=300,
+    transient_retry_seconds=2,
+    host_lost_seconds=120,
 )
 NAME = "cm-test-1-1"
 J, X, R = JobStatus, ExecutionStatus, Reason
@@ -258,6 +262,20 @@ CASES: list[tuple[str, d.JobView, d.AttemptView | None, d.Facts, tuple[object, .
         job(J.RUNNING),
         attempt(),
         d.Facts(observe_error="connection refused"),
+        (RequeueAfter, 2.0),
+    ),
+    (
+        "running, its host down for the host-lost time: lost (retried elsewhere)",
+        job(J.RUNNING, max_retries=1),
+        attempt(),
+        d.Facts(observe_error="connection refused", host_down_seconds=120.0),
+        (d.FinishAttempt, X.FAILED, R.LOST, J.RETRYING),
+    ),
+    (
+        "running, its host down for a while only: wait",
+        job(J.RUNNING),
+        attempt(),
+        d.Facts(observe_error="connection refused", host_down_seconds=119.0),
         (RequeueAfter, 2.0),
     ),
     (

@@ -41,6 +41,7 @@ ALLOWED_LABELS = {
     "transient",
     "le",
     "version",
+    "change",
 }
 
 

@@ -266,12 +266,13 @@ def test_readyz_needs_a_healthy_host_and_states_the_role(serve: Any) -> None:
     assert ready.json() == {
         "ready": True,
         "role": "leader",
+        "hosts": "every host",
         "database": "ok",
         "executors": {"r1": "healthy"},
         "problems": [],
     }
     daemon.leader = False
-    assert get(server.url + "/readyz").json()["role"] == "standby"
+    assert get(server.url + "/readyz").json()["role"] == "replica"
     assert get(server.url + "/readyz").status == 200
 
 

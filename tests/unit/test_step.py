@@ -379,7 +379,8 @@ def test_signals_are_sent_after_commit(
 
 def test_fenced_writer_changes_nothing(world: World, host: ExecutorHost) -> None:
     job = make_job(host)
-    set_fence(lambda: False)
+    asked: list[tuple[int, ...]] = []
+    set_fence(lambda hosts: asked.append(hosts) or False)
     try:
         with pytest.raises(Fenced):
             world.reconciler().reconcile(job.pk)
@@ -388,6 +389,7 @@ def test_fenced_writer_changes_nothing(world: World, host: ExecutorHost) -> None
     assert reload(job).status == JobStatus.PENDING
     assert not ContainerExecution.objects.exists()
     assert world.executors.get(host.pk) is None or world.executors[host.pk].created == []
+    assert asked == [(host.pk,)], "the claim is fenced by the leases of the hosts it locked"
 
 
 def test_draining_reconciler_claims_nothing_but_finishes_running(

@@ -510,13 +510,20 @@ class Command(BaseCommand):
             self.stdout.write(f"deleted {deleted} finished job(s) older than {options['older_than']}")
 
     def do_hosts(self, options: dict[str, Any]) -> None:
-        from container_manager.models import ExecutorHost
+        from container_manager.models import ExecutorHost, LeaderLease
 
         hosts = list(ExecutorHost.objects.with_running_count().order_by("name"))
         if options["check"]:
             for host in hosts:
                 if host.is_active:
                     host.health_check()
+        # Which replica drives each host: the live host lease ("<lease>:host:<pk>"), if any.
+        leases = {
+            int(lease.name.rsplit(":", 1)[1]): lease
+            for lease in LeaderLease.objects.filter(
+                name__regex=r":host:[0-9]+$", expires_at__gt=timezone.now()
+            )
+        }
         data = [
             {
                 "name": h.name,
@@ -527,15 +534,21 @@ class Command(BaseCommand):
                 "running": getattr(h, "running_jobs", 0),
                 "max_concurrent_jobs": h.effective_max_concurrent_jobs,
                 "message": h.health_message,
+                "owner": leases[h.pk].holder if h.pk in leases else None,
+                "lease_expires_at": leases[h.pk].expires_at if h.pk in leases else None,
             }
             for h in hosts
         ]
         if options["json"]:
             self.emit_json(data)
             return
-        self.stdout.write(f"{'NAME':<20} {'TYPE':<9} {'ACTIVE':<6} {'HEALTH':<9} {'LOAD':>7}  MESSAGE")
+        self.stdout.write(
+            f"{'NAME':<20} {'TYPE':<9} {'ACTIVE':<6} {'HEALTH':<9} {'LOAD':>7}  {'DRIVEN BY':<32} MESSAGE"
+        )
         for row in data:
             load = f"{row['running']}/{row['max_concurrent_jobs']}"
+            owner = row["owner"] or "-"
             self.stdout.write(
-                f"{row['name']:<20} {row['type']:<9} {row['active']!s:<6} {row['health']:<9} {load:>7}  {row['message']}"
+                f"{row['name']:<20} {row['type']:<9} {row['active']!s:<6} {row['health']:<9} {load:>7}  "
+                f"{owner:<32} {row['message']}"
             )
