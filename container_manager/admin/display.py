@@ -9,12 +9,13 @@ out said in words rather than hinted by an icon.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from container_manager.humanize import age, human_duration
 from container_manager.states import TERMINAL, JobStatus
 
 #: Bytes of each stream shown on a page; the rest is dropped from the start, line by line.
@@ -50,24 +51,6 @@ def status_badge(status: str) -> SafeString:
     )
 
 
-def age(moment: datetime, now: datetime | None = None) -> str:
-    """``"42 s ago"``, ``"3 min ago"``, ``"2 h 5 min ago"``, ``"4 d 3 h ago"``; ``"in 5 s"`` ahead."""
-    delta = (now or timezone.now()) - moment
-    future = delta < timedelta(0)
-    seconds = int(abs(delta.total_seconds()))
-    if seconds < 60:
-        text = f"{seconds} s"
-    elif seconds < 3600:
-        text = f"{seconds // 60} min"
-    elif seconds < 86400:
-        hours, minutes = divmod(seconds // 60, 60)
-        text = f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    else:
-        days, hours = divmod(seconds // 3600, 24)
-        text = f"{days} d {hours} h" if hours else f"{days} d"
-    return f"in {text}" if future else f"{text} ago"
-
-
 def clock_time(moment: datetime) -> str:
     """``2026-01-01 12:00:05 UTC`` in the current time zone."""
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -83,22 +66,6 @@ def when(moment: datetime | None, now: datetime | None = None) -> SafeString | s
         clock_time(moment),
         age(moment, now),
     )
-
-
-def human_duration(value: timedelta | None) -> str:
-    """``"850 ms"``, ``"12 s"``, ``"3 min 05 s"``, ``"2 h 04 min"``; blank when there is none."""
-    if value is None:
-        return ""
-    seconds = value.total_seconds()
-    if seconds < 1:
-        return f"{max(seconds, 0) * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    hours, rest = divmod(whole, 3600)
-    return f"{hours} h {rest // 60:02d} min"
 
 
 @dataclass(frozen=True)
@@ -145,3 +112,16 @@ def tail_on_line(text: str, max_bytes: int = OUTPUT_DISPLAY_BYTES, cut_before: b
         while tail and (tail[0] & 0xC0) == 0x80:  # a UTF-8 continuation byte: not a character start
             tail = tail[1:]
     return Shown(tail.decode("utf-8", errors="replace"), len(data) - len(tail), cut_before)
+
+
+__all__ = [
+    "OUTPUT_DISPLAY_BYTES",
+    "Shown",
+    "age",
+    "clock_time",
+    "human_duration",
+    "kib",
+    "status_badge",
+    "tail_on_line",
+    "when",
+]
