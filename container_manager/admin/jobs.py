@@ -160,6 +160,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
             extra["cm_poll_ms"] = POLL_MILLISECONDS
             extra["cm_cancel_url"] = reverse("admin:container_manager_containerjob_cancel", args=[job.pk])
             extra["cm_rerun_url"] = reverse("admin:container_manager_containerjob_rerun", args=[job.pk])
+            extra["cm_can_cancel"] = self.has_cancel_permission(request)
+            extra["cm_can_rerun"] = self.has_rerun_permission(request)
         return super().change_view(request, object_id, form_url, extra)
 
     def _outcome(self, request: HttpRequest, job: ContainerJob) -> str:
