@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
-from django.urls import reverse
 from django.utils import timezone
 
 from container_manager.admin.display import age, human_duration, status_badge, tail_on_line
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
+from tests.adminforms import admin_url, log_in_with
 
 pytestmark = pytest.mark.django_db
 
@@ -24,15 +24,11 @@ def _fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def url(model: str, view: str, *args: Any) -> str:
-    return reverse(f"admin:container_manager_{model}_{view}", args=args)
+url = admin_url
 
 
 def _staff(client: Client, *codenames: str) -> User:
-    user = User.objects.create_user("staff", password="x", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client.force_login(user)
-    return user
+    return log_in_with(client, "staff", *codenames)
 
 
 def _finished_job(
