@@ -90,6 +90,12 @@ class Output:
     def interactive(self) -> bool:
         return self._tty.isatty()
 
+    @property
+    def on_terminal(self) -> bool:
+        """stdout is a terminal (``list --watch`` then redraws the screen in place)."""
+        isatty = getattr(self.stdout, "isatty", None)
+        return bool(isatty and isatty())
+
     def line(self, text: str = "") -> None:
         self.stdout.write(text)
 

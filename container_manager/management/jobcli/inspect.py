@@ -114,7 +114,7 @@ def list_run(out: Output, options: dict[str, Any]) -> None:
     try:
         while True:
             lines = table(options)
-            if out.interactive:
+            if out.on_terminal:
                 out.line("\x1b[H\x1b[2J" + f"every {options['interval']:g} s, Ctrl-C to stop")
                 for line in lines:
                     out.line(line)
