@@ -221,8 +221,9 @@ class ContainerJob(models.Model):
     # Validation and saving -------------------------------------------------------------
 
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> ContainerJob:
-        job = super().from_db(db, field_names, values)
+    def from_db(cls, db: Any, field_names: Any, values: Any, **kwargs: Any) -> ContainerJob:
+        # **kwargs: Django 6.1 passes fetch_mode; 5.2 passes nothing more.
+        job = super().from_db(db, field_names, values, **kwargs)
         job._remember_fixed()
         return job
 
