@@ -1,20 +1,16 @@
-"""What the benchmarks measure with: percentiles, CPU meters, and the daemon's instrumentation.
+"""Measurements the benchmarks share: percentiles, medians, and CPU seconds from /proc.
 
-Shared by ``bench/throughput.py`` and ``bench/controlplane.py``.
+Benchmarks on a shared 2-core machine must say what else was busy: the whole machine's CPU
+use, this process's and its threads', and the Docker engine's (dockerd and containerd) per job.
 """
 
 from __future__ import annotations
 
-import cProfile
-import io
 import os
-import pstats
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -97,100 +93,6 @@ class CpuMeter:
         return self.result
 
 
-class Instrument:
-    """Wall time per reconcile step split into executor calls, SQL, and the rest (``--profile``)."""
-
-    VERBS = ("launch", "inspect", "logs", "remove", "stop")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.totals: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-        self.profilers: list[cProfile.Profile] = []
-
-    def add(self, key: str, seconds: float) -> None:
-        with self.lock:
-            self.totals[key] += seconds
-            self.counts[key] += 1
-
-    def wrap_executor(self, executor: Any) -> None:
-        """Time each verb; a verb called by another (``launch`` inspects) counts only in the outer one."""
-        for verb in self.VERBS:
-            original = getattr(executor, verb)
-
-            def timed(*args: Any, __original: Callable[..., Any] = original, __verb: str = verb) -> Any:
-                if getattr(self.local, "inside", False):
-                    return __original(*args)
-                self.local.inside = True
-                started = time.perf_counter()
-                try:
-                    return __original(*args)
-                finally:
-                    self.local.inside = False
-                    self.add(f"executor.{__verb}", time.perf_counter() - started)
-
-            setattr(executor, verb, timed)
-
-    def wrap_reconciler(self, reconciler: Any) -> None:
-        from django.db import connection
-
-        original = reconciler.reconcile
-
-        def sql(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return execute(sql, params, many, context)
-            finally:
-                self.add("sql", time.perf_counter() - started)
-
-        def reconcile(job_id: int) -> Any:
-            profiler = getattr(self.local, "profiler", None)
-            if profiler is None:
-                profiler = self.local.profiler = cProfile.Profile()
-                with self.lock:
-                    self.profilers.append(profiler)
-            started = time.perf_counter()
-            with connection.execute_wrapper(sql):
-                profiler.enable()
-                try:
-                    return original(job_id)
-                finally:
-                    profiler.disable()
-                    self.add("reconcile", time.perf_counter() - started)
-
-        reconciler.reconcile = reconcile
-
-    def hotspots(self, limit: int = 25) -> str:
-        """The functions the workers spent most CPU in (cProfile, own time), as pstats prints them."""
-        if not self.profilers:
-            return ""
-        out = io.StringIO()
-        stats = pstats.Stats(self.profilers[0], stream=out)
-        for profiler in self.profilers[1:]:
-            stats.add(profiler)
-        stats.strip_dirs().sort_stats("tottime").print_stats(limit)
-        return out.getvalue()
-
-    def report(self, jobs: int) -> dict[str, Any]:
-        total = self.totals.get("reconcile", 0.0)
-        executor = sum(v for k, v in self.totals.items() if k.startswith("executor."))
-        rows = {
-            key: {
-                "calls": self.counts[key],
-                "total_s": round(value, 3),
-                "ms_per_job": round(1000 * value / jobs, 2),
-            }
-            for key, value in sorted(self.totals.items())
-        }
-        rows["python_and_locks (reconcile - executor - sql)"] = {
-            "calls": self.counts.get("reconcile", 0),
-            "total_s": round(total - executor - self.totals.get("sql", 0.0), 3),
-            "ms_per_job": round(1000 * (total - executor - self.totals.get("sql", 0.0)) / jobs, 2),
-        }
-        return rows
-
-
 def thread_cpu_snapshot() -> dict[int, tuple[str, float]]:
     """CPU seconds so far of each live thread of this process, by native id."""
     return {
@@ -207,3 +109,9 @@ def thread_cpu(before: dict[int, tuple[str, float]]) -> dict[str, float]:
         group = name.rstrip("0123456789").rstrip("-") or name
         grouped[group] += seconds - before.get(native_id, (name, 0.0))[1]
     return {k: round(v, 3) for k, v in sorted(grouped.items(), key=lambda kv: -kv[1])}
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
