@@ -1,7 +1,7 @@
 """The host step: one work-queue key per executor host, run by the same workers as job steps.
 
-For one host it: probes its health when it is unknown or unhealthy (and records the result, so
-claims avoid or use it again); keeps its event watcher running while the host is active and its
+For one host it: probes its health (a ping, recorded, so claims avoid a dead host and use a
+recovered one again); keeps its event watcher running while the host is active and its
 backend pushes events, and stops it otherwise; and takes the census of the containers carrying
 this installation's labels: a finished attempt whose container is still there goes back to its
 job (whose step hands it to the cleaner), and a container that belongs to no attempt at all is
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from container_manager.conf import Policy
-from container_manager.models import ExecutorHost, HealthStatus
+from container_manager.models import ExecutorHost
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from metrics import definitions as m
@@ -70,10 +70,9 @@ class HostReconciler:
         if host is None or not host.is_active or not self.scope.owns(host.pk, host.name):
             self.release(host_pk)
             return DONE
-        if host.health_status == HealthStatus.UNHEALTHY or host.last_health_check is None:
-            healthy = bool(host.health_check(timeout=PROBE_TIMEOUT_SECONDS))
-        else:
-            healthy = True
+        # Every pass probes (a ping): a host that dies with nothing running on it is marked
+        # unhealthy before jobs are placed on it, and a recovered one is used again.
+        healthy = bool(host.health_check(timeout=PROBE_TIMEOUT_SECONDS))
         m.HOST_HEALTHY.labels(host.name).set(1 if healthy else 0)
         try:
             executor = self.executor_for(host)

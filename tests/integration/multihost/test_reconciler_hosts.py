@@ -120,7 +120,6 @@ def test_a_killed_host_is_marked_unhealthy_and_comes_back_when_restarted(
     assert (only.reason, only.exit_code) in (("exit_code", 143), ("lost", None)), (only.reason, only.message)
 
 
-@pytest.mark.xfail(strict=True, reason="needs host loss detection (lead, issue 17)")
 def test_a_killed_hosts_running_attempts_are_lost_and_retried_on_another_host(
     transactional_db: Any, tls_hosts: list[DockerdHost], instance: str
 ) -> None:
@@ -146,13 +145,11 @@ def test_a_killed_hosts_running_attempts_are_lost_and_retried_on_another_host(
         wait_until(lambda: finished([job]), 30, "the job to end")
 
 
-@pytest.mark.xfail(strict=True, reason="needs host loss detection (lead, issue 17)")
 def test_an_idle_host_killed_is_marked_unhealthy_before_jobs_are_placed_on_it(
     transactional_db: Any, tls_hosts: list[DockerdHost], instance: str
 ) -> None:
-    """Today only failed calls for jobs open a host's circuit: a host that dies with nothing on it
-    stays "healthy", takes the next jobs (it has the most free slots) and fails them at the
-    launch deadline. Its event stream breaking is the first sign, seconds earlier."""
+    """A host that dies with nothing on it is found by the host step's probe, before it takes the
+    next jobs (it has the most free slots)."""
     h1 = tls_hosts[0]
     configure(tls_hosts, (3, 1, 1))  # h1 has the most free slots
     with running_daemon(workers=4):
