@@ -40,7 +40,7 @@ from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from executors.types import EventKind
 from metrics import definitions as m
-from reconciler import notify, record, sdnotify
+from reconciler import notify, record, schedules, sdnotify
 from reconciler.cleanup import Cleaner
 from reconciler.decide import backoff_seconds
 from reconciler.leader import DEFAULT_LEASE_NAME, DEFAULT_TTL, Elector, guarded_executors, make_elector
@@ -60,6 +60,8 @@ STATUS_EVERY = 10.0
 #: work-queue keys of the daemon's own, beside job ids: claim due jobs; remove finished containers.
 CLAIM = "claim"
 CLEANUP = "cleanup"
+#: work-queue key of the cron schedules: materialise due ticks (requeued at the next tick).
+SCHEDULES = "schedules"
 #: finished containers are removed in batches, at most this long after their attempt ended.
 CLEANUP_DELAY_SECONDS = 0.25
 #: a job whose step raised this many times in a row is failed (``reconcile_error``).
@@ -193,6 +195,7 @@ class Daemon:
                 self._start(self._listen_loop, "listener")
             for index in range(max(1, self.options.workers)):
                 self._start(self._worker_loop, f"worker-{index}")
+            self.queue.add(SCHEDULES)
             self._announce_ready()
             log.info(
                 "daemon started",
@@ -384,6 +387,7 @@ class Daemon:
 
     def _run_once(self) -> int:
         """Claim what can be claimed, take every job with work one step further, clean up, exit."""
+        self.queue.add(SCHEDULES)  # first: the jobs of due ticks are then claimed in this pass
         self.queue.add(CLAIM)
         for job_id in self._work_ids():
             self.queue.add(job_id)
@@ -439,6 +443,8 @@ class Daemon:
             return self._guarded("claim", self._claim)
         if key == CLEANUP:
             return self._guarded("cleanup", self.cleaner.run)
+        if key == SCHEDULES:
+            return self._guarded("schedules", lambda: schedules.step(actor=self.options.actor))
         # Every log record of this step (stdlib ones too) carries the job id.
         with structlog.contextvars.bound_contextvars(job_id=key):
             return self._step(key)
