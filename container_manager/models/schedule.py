@@ -213,17 +213,13 @@ class JobSchedule(models.Model):
 
     # Times --------------------------------------------------------------------------------
 
-    @property
-    def zone(self) -> Any:
-        return crontab.check_timezone(self.timezone)
-
     def tick_after(self, moment: datetime) -> datetime:
         """The first tick strictly after ``moment``."""
-        return crontab.next_tick(self.cron, self.zone, moment)
+        return crontab.next_tick(self.cron, crontab.check_timezone(self.timezone), moment)
 
     def latest_tick(self, moment: datetime) -> datetime:
         """The last tick at or before ``moment``."""
-        return crontab.latest_tick(self.cron, self.zone, moment)
+        return crontab.latest_tick(self.cron, crontab.check_timezone(self.timezone), moment)
 
     # Jobs ----------------------------------------------------------------------------------
 
