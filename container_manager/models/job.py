@@ -403,7 +403,7 @@ class ContainerJob(models.Model):
     @property
     def resource_utilization(self) -> dict[str, Any]:
         """Memory and CPU use: a live sample while running, else what the last attempt recorded."""
-        from reconciler.api import resource_utilization
+        from container_manager.observe import resource_utilization
 
         return resource_utilization(self)
 
@@ -419,21 +419,21 @@ class ContainerJob(models.Model):
         Safe to call while the daemon runs: claiming is a compare-and-swap and container names
         are deterministic, so a job is never launched twice.
         """
-        from reconciler.api import launch_job
+        from container_manager import driving
 
-        return launch_job(self)
+        return driving.launch(self)
 
     def get_status(self) -> str:
         """Observe the container, record any change, refresh this object, return the status."""
-        from reconciler.api import observe_job
+        from container_manager import driving
 
-        return observe_job(self)
+        return driving.observe(self)
 
     def harvest(self) -> ContainerExecution | None:
         """Finish a done attempt (record exit code and logs, clean up) and return it."""
-        from reconciler.api import harvest_job
+        from container_manager import driving
 
-        return harvest_job(self)
+        return driving.harvest(self)
 
     def cancel(self, *, actor: str = "api", message: str = "") -> bool:
         """Request cancellation; True if the request was recorded (False once terminal)."""
@@ -451,6 +451,6 @@ class ContainerJob(models.Model):
 
     def get_logs(self, stream: str = "all", tail: int | None = None) -> str:
         """Output of the latest attempt: live from the executor while it runs, else as recorded."""
-        from reconciler.api import job_logs
+        from container_manager.observe import job_logs
 
         return job_logs(self, stream=stream, tail=tail)

@@ -403,7 +403,8 @@ def test_a_cron_broken_by_sql_stops_its_schedule_without_harm(host: ExecutorHost
 
 @pytest.mark.django_db(transaction=True)
 def test_the_daemon_materialises_and_runs_a_due_tick_in_one_pass() -> None:
-    from reconciler.daemon import SCHEDULES, Daemon, DaemonOptions
+    from reconciler.daemon import Daemon, DaemonOptions
+    from reconciler.keys import SCHEDULES
 
     ExecutorHost.objects.create(name="mock-d", executor_type="mock", max_concurrent_jobs=10)
     schedule = make(cron="* * * * *")
