@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from container_manager.admin_workflows import JobDependencyInline, ScheduleAdminBase, WorkflowFieldsMixin
 from container_manager.envparse import mask_env_text, parse_name_list
 from container_manager.exceptions import JobStateError
 from container_manager.models import (
@@ -27,6 +28,7 @@ from container_manager.models import (
     EnvironmentVariableTemplate,
     ExecutorHost,
     JobEvent,
+    JobSchedule,
 )
 from container_manager.services import request_cancel, rerun_job
 
@@ -146,7 +148,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(ContainerJob)
-class ContainerJobAdmin(MaskedEnvironmentMixin, admin.ModelAdmin):
+class ContainerJobAdmin(MaskedEnvironmentMixin, WorkflowFieldsMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "name",
@@ -162,7 +164,7 @@ class ContainerJobAdmin(MaskedEnvironmentMixin, admin.ModelAdmin):
     list_filter = ("status", "failure_reason", "docker_host", "created_at")
     search_fields = ("=id", "name", "image", "command")
     list_select_related = ("docker_host",)
-    inlines = [ContainerExecutionInline, JobEventInline]
+    inlines = [JobDependencyInline, ContainerExecutionInline, JobEventInline]
     actions = ["cancel_jobs", "rerun_jobs"]
     date_hierarchy = "created_at"
     show_full_result_count = False
@@ -174,8 +176,12 @@ class ContainerJobAdmin(MaskedEnvironmentMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: ContainerJob | None = None) -> Any:
         if obj is not None and obj.status != "pending":
-            return [*(f.name for f in ContainerJob._meta.fields if f.name != "id"), "environment"]
-        return [*MACHINE_FIELDS, "environment"]
+            return [
+                *(f.name for f in ContainerJob._meta.fields if f.name != "id"),
+                "environment",
+                *self.workflow_fields,
+            ]
+        return [*MACHINE_FIELDS, "environment", *self.workflow_fields]
 
     @admin.display(description="Override environment (secrets masked)")
     def environment(self, job: ContainerJob) -> str:
@@ -281,3 +287,12 @@ class ContainerExecutionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(JobSchedule)
+class JobScheduleAdmin(MaskedEnvironmentMixin, ScheduleAdminBase):
+    env_field = "override_environment"
+    shown_field = "environment"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "environment"]

@@ -1,7 +1,8 @@
 """``manage_jobs``: the operator's command line for jobs and hosts.
 
-Sub-commands: submit, list, show, logs, cancel, rerun, cleanup, purge, hosts. ``--json`` gives
-machine-readable output. Every user mistake becomes a one-line ``CommandError``.
+Sub-commands: submit, list, show, logs, cancel, rerun, cleanup, purge, hosts, schedule.
+``--json`` gives machine-readable output. Every user mistake becomes a one-line ``CommandError``.
+The workflow parts (dependencies, arrays, schedules) are in ``container_manager.management.workflows``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from container_manager.management import workflows
 from container_manager.management.commands.process_jobs import positive_int
 from container_manager.models import USER_EDITABLE_FIELDS
 from container_manager.states import JobStatus
@@ -32,6 +34,7 @@ SUBMIT_FIELDS = (
     "host",
     "template",
     "env",
+    "after",
 }
 
 
@@ -115,6 +118,7 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "rerun_of": job.rerun_of_id,
+        **workflows.workflow_fields(job),
     }
 
 
@@ -150,6 +154,7 @@ class Command(BaseCommand):
         submit.add_argument("--max-retries", type=int, dest="max_retries")
         submit.add_argument("--priority", type=int)
         submit.add_argument("--file", help="JSON-lines file, one job object per line ('-' = stdin).")
+        workflows.add_submit_arguments(submit, job_id)
         submit.add_argument("--json", action="store_true", help="Print the created jobs as JSON.")
 
         lst = sub.add_parser("list", help="List jobs, newest first.")
@@ -157,6 +162,7 @@ class Command(BaseCommand):
         lst.add_argument("--host", help="Jobs pinned to or run on this host.")
         lst.add_argument("--recent", type=duration, help="Only jobs created within this duration (e.g. 24h).")
         lst.add_argument("--limit", type=positive_int, default=50)
+        lst.add_argument("--array", type=positive_int, metavar="ID", help="Only the jobs of this job array.")
         lst.add_argument("--json", action="store_true")
 
         show = sub.add_parser("show", help="Show a job with its attempts and history.")
@@ -197,6 +203,8 @@ class Command(BaseCommand):
         )
         hosts.add_argument("--json", action="store_true")
 
+        workflows.add_schedule_parser(sub, positive_int)
+
     def handle(self, *args: Any, **options: Any) -> None:
         from container_manager.logconfig import configure
 
@@ -229,7 +237,9 @@ class Command(BaseCommand):
         unknown = set(spec) - SUBMIT_FIELDS
         if unknown:
             raise CommandError(f"{where}: unknown fields {sorted(unknown)}; allowed: {sorted(SUBMIT_FIELDS)}")
-        values = {k: v for k, v in spec.items() if k not in ("host", "template", "env") and v is not None}
+        values = {
+            k: v for k, v in spec.items() if k not in ("host", "template", "env", "after") and v is not None
+        }
         if isinstance(values.get("run_after"), str):
             try:
                 parsed = parse_datetime(values["run_after"])
@@ -267,6 +277,7 @@ class Command(BaseCommand):
     def do_submit(self, options: dict[str, Any]) -> None:
         from container_manager.models import ContainerJob
 
+        workflows.check_submit_options(options)
         if options["file"]:
             specs = self._read_jsonl(options["file"])
         else:
@@ -291,10 +302,19 @@ class Command(BaseCommand):
                     "timeout_seconds": options["timeout_seconds"],
                     "max_retries": options["max_retries"],
                     "priority": options["priority"],
+                    "after": options["after"],
                 }
             ]
         where = (lambda i: f"line {i}") if options["file"] else (lambda i: "submit")
         jobs = [self._build_job(spec, where(i)) for i, spec in enumerate(specs, start=1)]
+        after = [workflows.dependency_ids(spec, where(i)) for i, spec in enumerate(specs, start=1)]
+        if options["array"] is not None:
+            array = workflows.submit_array(jobs[0], options)
+            if options["json"]:
+                self.emit_json([_job_dict(job) for job in array.jobs.order_by("array_index")])
+            else:
+                self.stdout.write(workflows.created_array_line(array))
+            return
         errors = []
         for index, job in enumerate(jobs, start=1):
             try:
@@ -308,6 +328,7 @@ class Command(BaseCommand):
             raise CommandError("nothing was created:\n" + "\n".join(errors))
         with transaction.atomic():
             created = ContainerJob.objects.bulk_create(jobs, batch_size=500)
+            workflows.save_dependencies(created, after)
         if options["json"]:
             self.emit_json([_job_dict(job) for job in created])
         else:
@@ -343,14 +364,17 @@ class Command(BaseCommand):
         from container_manager.models import ContainerJob
 
         try:
-            return ContainerJob.objects.select_related("docker_host").get(pk=pk)
+            return ContainerJob.objects.select_related("docker_host", "schedule", "array").get(pk=pk)
         except ContainerJob.DoesNotExist:
             raise CommandError(f"no job with id {pk}") from None
 
     def do_list(self, options: dict[str, Any]) -> None:
         from container_manager.models import ContainerJob
 
-        jobs = ContainerJob.objects.select_related("docker_host")
+        jobs = ContainerJob.objects.select_related("docker_host", "schedule").prefetch_related("depends_on")
+        array = workflows.array_of(options["array"]) if options["array"] else None
+        if array is not None:
+            jobs = jobs.filter(array=array)
         if options["status"]:
             jobs = jobs.filter(status__in=options["status"])
         if options["host"]:
@@ -365,6 +389,8 @@ class Command(BaseCommand):
         if options["json"]:
             self.emit_json([_job_dict(job) for job in rows])
             return
+        if array is not None:
+            self.stdout.write(array.summary())
         self.stdout.write(f"{'ID':>7}  {'STATUS':<10} {'ATT':>3}  {'EXIT':>4}  {'HOST':<16} IMAGE")
         for job in rows:
             host = job.docker_host.name if job.docker_host else "-"
@@ -414,7 +440,10 @@ class Command(BaseCommand):
             self.emit_json(data)
             return
         for key, value in _job_dict(job).items():
-            self.stdout.write(f"{key:>16}: {'' if value is None else value}")
+            if key not in workflows.WORKFLOW_KEYS:  # said in words below
+                self.stdout.write(f"{key:>16}: {'' if value is None else value}")
+        for label, text in workflows.workflow_lines(job):
+            self.stdout.write(f"{label:>16}: {text}")
         if isinstance(env, str):
             self.stdout.write(f"{'environment':>16}: {env}")
         elif env:
@@ -508,6 +537,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{total} finished job(s) older than {options['older_than']} would be deleted")
         else:
             self.stdout.write(f"deleted {deleted} finished job(s) older than {options['older_than']}")
+
+    def do_schedule(self, options: dict[str, Any]) -> None:
+        workflows.handle_schedule(self, options, parse_env_options)
 
     def do_hosts(self, options: dict[str, Any]) -> None:
         from container_manager.models import ExecutorHost
