@@ -213,13 +213,17 @@ class JobSchedule(models.Model):
 
     # Times --------------------------------------------------------------------------------
 
+    def _timing(self) -> tuple[str, Any]:
+        """The cron and the zone, checked again: a row written by SQL gives a ``ValidationError``."""
+        return crontab.check_cron(self.cron), crontab.check_timezone(self.timezone)
+
     def tick_after(self, moment: datetime) -> datetime:
         """The first tick strictly after ``moment``."""
-        return crontab.next_tick(self.cron, crontab.check_timezone(self.timezone), moment)
+        return crontab.next_tick(*self._timing(), moment)
 
     def latest_tick(self, moment: datetime) -> datetime:
         """The last tick at or before ``moment``."""
-        return crontab.latest_tick(self.cron, crontab.check_timezone(self.timezone), moment)
+        return crontab.latest_tick(*self._timing(), moment)
 
     # Jobs ----------------------------------------------------------------------------------
 

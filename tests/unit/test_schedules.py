@@ -388,14 +388,20 @@ def test_a_disabled_schedule_creates_nothing(host: ExecutorHost) -> None:
     assert schedules.run_due(now=timezone.now(), actor="t")[0] == []
 
 
-def test_a_cron_broken_by_sql_stops_its_schedule_without_harm(host: ExecutorHost) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"), [("timezone", "Nowhere/Land"), ("cron", "99 * * * *"), ("cron", "x")]
+)
+def test_timing_broken_by_sql_stops_its_schedule_without_harm(
+    host: ExecutorHost, field: str, value: str
+) -> None:
     schedule = make()
     tick = a_tick(schedule)
-    JobSchedule.objects.filter(pk=schedule.pk).update(next_run_at=tick, timezone="Nowhere/Land")
+    JobSchedule.objects.filter(pk=schedule.pk).update(next_run_at=tick, **{field: value})
     done, _ = schedules.run_due(now=tick + timedelta(seconds=1), actor="t")
     assert [t.outcome for t in done] == ["invalid"]
     schedule.refresh_from_db()
-    assert schedule.next_run_at is None and "timezone" in schedule.last_error
+    assert schedule.next_run_at is None and field in schedule.last_error
+    assert not ContainerJob.objects.exists()
 
 
 # The daemon --------------------------------------------------------------------------------------
