@@ -147,7 +147,24 @@ RESYNC_INTERVAL = Gauge(
     registry=REGISTRY,
 )
 
+SCHEDULE_TICKS = Counter(
+    "container_manager_schedule_ticks_total",
+    "Due schedule ticks, by outcome: created (a job), duplicate (another replica created it), "
+    "forbidden (concurrency_policy=forbid and a run unfinished), missed (past "
+    "starting_deadline_seconds, or overtaken by a later tick while nothing ran), invalid (the job "
+    "would be refused), error.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SCHEDULE_LAG = Histogram(
+    "container_manager_schedule_lag_seconds",
+    "Time from a schedule's tick to the creation of its job.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+
 EXECUTOR_KINDS = ("docker", "cloudrun", "mock")
+TICK_OUTCOMES = ("created", "duplicate", "forbidden", "missed", "invalid", "error")
 OUTCOMES = tuple(s.value for s in ExecutionStatus if s.is_terminal)
 REASONS = tuple(r.value for r in Reason)
 JOB_STATUSES = tuple(s.value for s in JobStatus if s.is_terminal)
@@ -180,6 +197,8 @@ def zero_initialise(hosts: Iterable[str] = ()) -> None:
         RECONCILE_ERRORS.labels(kind)
     for change in ("gained", "lost"):
         HOST_LEASE_CHANGES.labels(change)
+    for outcome in TICK_OUTCOMES:
+        SCHEDULE_TICKS.labels(outcome)
     for host in hosts:
         EVENT_STREAM_RECONNECTS.labels(host)
         HOST_HEALTHY.labels(host)

@@ -40,11 +40,11 @@ from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from metrics import definitions as m
-from reconciler import notify, record, sdnotify
+from reconciler import notify, record, schedules, sdnotify
 from reconciler.cleanup import Cleaner
 from reconciler.decide import backoff_seconds
 from reconciler.host_step import HostReconciler
-from reconciler.keys import CLAIM, CLEANUP, HostKey
+from reconciler.keys import CLAIM, CLEANUP, SCHEDULES, HostKey
 from reconciler.leader import (
     DEFAULT_LEASE_NAME,
     DEFAULT_TTL,
@@ -212,6 +212,7 @@ class Daemon:
                 self._start(self.sources.listen_loop, "listener")
             for index in range(max(1, self.options.workers)):
                 self._start(self._worker_loop, f"worker-{index}")
+            self.queue.add(SCHEDULES)
             self._announce_ready()
             log.info(
                 "daemon started",
@@ -384,6 +385,7 @@ class Daemon:
 
     def _run_once(self) -> int:
         """Claim what can be claimed, take every job and host with work one step further, exit."""
+        self.queue.add(SCHEDULES)  # first: the jobs of due ticks are then claimed in this pass
         self.queue.add(CLAIM)
         for job_id in self.sources.work_ids():
             self.queue.add(job_id)
@@ -441,6 +443,8 @@ class Daemon:
             return self._guarded("claim", self._claim)
         if key == CLEANUP:
             return self._guarded("cleanup", self.cleaner.run)
+        if key == SCHEDULES:
+            return self._guarded("schedules", lambda: schedules.step(actor=self.options.actor))
         if isinstance(key, HostKey):
             return self._guarded(key, lambda: self.hosts.reconcile(key.pk))
         # Every log record of this step (stdlib ones too) carries the job id.
@@ -458,7 +462,7 @@ class Daemon:
             outcome = run()
             self._failures.pop(what, None)
         except Fenced:
-            log.warning("write refused: this replica no longer leads", work=what)
+            log.warning("write refused: this replica no longer holds the lease", work=what)
             return RequeueAfter(1.0, "fenced")
         except Exception as exc:
             return self._failed(what, exc)
@@ -470,8 +474,8 @@ class Daemon:
             outcome = self.reconciler.reconcile(job_id)
             self._failures.pop(job_id, None)
         except Fenced:
-            # Leadership is gone: write nothing more; the main loop stops the daemon.
-            log.warning("write refused: this replica no longer leads", job_id=job_id)
+            # The host's lease (or leadership) is gone: write nothing more about it.
+            log.warning("write refused: this replica no longer holds the lease", job_id=job_id)
             return RequeueAfter(1.0, "fenced")
         except Exception as exc:
             self.reconciler.forget(job_id)
@@ -482,10 +486,11 @@ class Daemon:
         return outcome
 
     def _failed(self, key: Any, exc: Exception) -> Outcome:
-        if not self.elector.is_leader():
-            # e.g. the session of a leader paused inside a transaction was ended by the server.
-            log.warning("step abandoned: this replica no longer leads", work=key, error=str(exc))
-            return RequeueAfter(1.0, "not leading")
+        if self.elector.lost:
+            # e.g. the session of a leader paused inside a transaction was ended by the server;
+            # the main loop stops the daemon, and this is not the work's fault.
+            log.warning("step abandoned: this replica lost its lease", work=key, error=str(exc))
+            return RequeueAfter(1.0, "lease lost")
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         m.RECONCILE_ERRORS.labels("database" if _database_error(exc) else "internal").inc()
         log.exception("reconcile failed", work=key, failures=failures)

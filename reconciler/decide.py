@@ -85,6 +85,8 @@ class Facts:
     host_down_seconds: float = 0.0
     #: why the job row cannot run as it is (it breaks a validation rule).
     spec_problem: str = ""
+    #: which job this one depends on ended other than ``completed``, and how.
+    dependency_failed: str = ""
     #: the last launch failed with a transient error: why.
     launch_error: str = ""
     #: the executor refused the launch for good (missing image, bad program): why.
@@ -271,6 +273,11 @@ def decide(
 def _decide_waiting(job: JobView, facts: Facts, now: datetime) -> Decision:
     if job.cancel_requested:
         return SettleJob(JobOutcome(JobStatus.CANCELLED, Reason.CANCELLED, message="cancelled"))
+    if facts.dependency_failed:
+        # Its own dependents see a job that did not complete in turn: the chain ends pass by pass.
+        return SettleJob(
+            JobOutcome(JobStatus.CANCELLED, Reason.DEPENDENCY_FAILED, message=facts.dependency_failed)
+        )
     if facts.spec_problem:
         return SettleJob(JobOutcome(JobStatus.FAILED, Reason.INVALID_SPEC, message=facts.spec_problem))
     if job.run_after is not None and now < job.run_after:

@@ -89,7 +89,8 @@ class Reconciler:
         #: the daemon claims in batches (its own queue key); without it a job claims itself.
         self.request_claim = request_claim
         self.cleaner = cleaner if cleaner is not None else Cleaner(executor_for)
-        #: called whenever an attempt ends, i.e. a host slot frees up (the daemon claims again).
+        #: called whenever an attempt or a job ends: a host slot frees up, or jobs that depend
+        #: on this one may be due (the daemon claims again).
         self.on_slot_freed: Callable[[], None] | None = None
         self._cache: dict[int, Snapshot] | None = {} if cache else None
 
@@ -116,7 +117,7 @@ class Reconciler:
             decide_policy=self.decide_policy,
             now=self.clock(),
             limit=limit,
-            hosts=self.hosts.host_q(),
+            scope=self.hosts.host_q(),
             job_ids=job_ids,
         )
         if self._cache is not None:
@@ -247,13 +248,17 @@ class Reconciler:
             return Again(claimed.snapshots[0])
         if claimed.settled:
             return REREAD
-        return RequeueAfter(NO_CAPACITY_RETRY, "no host has a free slot")
+        return RequeueAfter(
+            NO_CAPACITY_RETRY, "not claimable now: no free slot, an unfinished dependency or a full array"
+        )
 
     def _settle(self, snap: Snapshot, outcome: d.JobOutcome) -> Outcome:
         if not record.settle_job(snap, outcome, actor=self.actor, now=self.clock()):
             return REREAD
         if outcome.status.is_terminal:
             m.JOBS_FINISHED.labels(outcome.status.value, outcome.reason.value).inc()
+            if self.on_slot_freed is not None:
+                self.on_slot_freed()
         log.info("job settled", job_id=snap.job.pk, outcome=outcome.status.value, reason=outcome.reason.value)
         return Again(snap)
 

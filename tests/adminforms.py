@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The management forms of the job page's two inlines (attempts, history), both empty.
+#: The management forms of the job page's inlines (dependencies, attempts, history), all empty.
 INLINES = {
     f"{prefix}-{key}": value
-    for prefix in ("executions", "events")
+    for prefix in ("dependencies", "executions", "events")
     for key, value in (
         ("TOTAL_FORMS", "0"),
         ("INITIAL_FORMS", "0"),

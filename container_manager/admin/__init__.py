@@ -16,10 +16,14 @@ from container_manager.admin.common import EnvironmentVariableTemplateAdmin
 from container_manager.admin.hosts import ExecutorHostAdmin
 from container_manager.admin.jobs import ContainerJobAdmin
 from container_manager.admin.records import ContainerExecutionAdmin
+from container_manager.admin.schedules import JobScheduleAdmin
+from container_manager.admin.workflows import JobArrayAdmin
 
 __all__ = [
     "ContainerExecutionAdmin",
     "ContainerJobAdmin",
     "EnvironmentVariableTemplateAdmin",
     "ExecutorHostAdmin",
+    "JobArrayAdmin",
+    "JobScheduleAdmin",
 ]

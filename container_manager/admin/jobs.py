@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from container_manager.admin.common import ASSETS, actor, errors_text
 from container_manager.admin.display import human_duration, status_badge, when
 from container_manager.admin.outcome import POLL_MILLISECONDS, reason_label, render_outcome
+from container_manager.admin.workflows import JobDependencyInline, WorkflowFieldsMixin
 from container_manager.envparse import mask_env_text, parse_name_list
 from container_manager.exceptions import JobStateError
 from container_manager.models import MACHINE_FIELDS, ContainerExecution, ContainerJob, JobEvent
@@ -69,7 +70,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(ContainerJob)
-class ContainerJobAdmin(admin.ModelAdmin):
+class ContainerJobAdmin(WorkflowFieldsMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "name",
@@ -85,7 +86,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
     list_filter = ("status", "failure_reason", "docker_host", "created_at")
     search_fields = ("=id", "name", "image", "command")
     list_select_related = ("docker_host",)
-    inlines = [ContainerExecutionInline, JobEventInline]
+    inlines = [JobDependencyInline, ContainerExecutionInline, JobEventInline]
     actions = ["cancel_jobs", "rerun_jobs"]
     date_hierarchy = "created_at"
     show_full_result_count = False
@@ -139,14 +140,16 @@ class ContainerJobAdmin(admin.ModelAdmin):
             ),
         ]
         if obj is not None:
+            fieldsets.append(("Workflow", {"fields": self.workflow_fields}))
             record = ("created_by", "rerun_of", "cancel_requested_at", "updated_at")
             fieldsets.append(("Record", {"classes": ("collapse",), "fields": record}))
         return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: ContainerJob | None = None) -> Any:
         if obj is not None and obj.status != "pending":
-            return [*(f.name for f in ContainerJob._meta.fields if f.name != "id"), "environment"]
-        return [*MACHINE_FIELDS, "environment"]
+            fields = [f.name for f in ContainerJob._meta.fields if f.name != "id"]
+            return [*fields, "environment", *self.workflow_fields]
+        return [*MACHINE_FIELDS, "environment", *self.workflow_fields]
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None

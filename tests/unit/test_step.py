@@ -432,7 +432,12 @@ def test_labels_identify_instance_job_and_attempt(world: World, host: ExecutorHo
         LABEL_ATTEMPT: "1",
     }
     spec = world.executors[host.pk]._containers[observed.name].spec
-    assert spec.env_dict == {"API_TOKEN": "s3cret", "MODE": "fast"}
+    assert spec.env_dict == {
+        "API_TOKEN": "s3cret",
+        "MODE": "fast",
+        "CM_JOB_ID": str(job.pk),
+        "CM_ATTEMPT": "1",
+    }
     assert spec.secret_keys == frozenset({"API_TOKEN"})
     assert "s3cret" not in repr(spec)
     assert spec.user == "65534:65534" and spec.memory_mb == 64 and spec.cpu == 0.5

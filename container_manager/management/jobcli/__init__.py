@@ -12,7 +12,7 @@ import importlib
 from container_manager.management.jobcli.registry import REGISTRY, Subcommand, register
 
 #: Modules whose import registers their sub-commands, in the order ``--help`` lists them.
-MODULES = ("submit", "inspect", "logs", "control", "maintenance")
+MODULES = ("submit", "inspect", "logs", "control", "maintenance", "schedule")
 
 
 def load() -> dict[str, Subcommand]:

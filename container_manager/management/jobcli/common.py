@@ -118,7 +118,7 @@ def get_job(pk: int) -> Any:
     from container_manager.models import ContainerJob
 
     try:
-        return ContainerJob.objects.select_related("docker_host").get(pk=pk)
+        return ContainerJob.objects.select_related("docker_host", "schedule", "array").get(pk=pk)
     except ContainerJob.DoesNotExist:
         raise CommandError(f"no job with id {pk}") from None
 
@@ -135,6 +135,8 @@ def existing_jobs(pks: list[int]) -> list[Any]:
 
 
 def job_dict(job: Any) -> dict[str, Any]:
+    from container_manager.management.jobcli.workflow import workflow_fields  # it imports this module
+
     return {
         "id": job.pk,
         "name": job.name,
@@ -154,6 +156,7 @@ def job_dict(job: Any) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "rerun_of": job.rerun_of_id,
+        **workflow_fields(job),
     }
 
 

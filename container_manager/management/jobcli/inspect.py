@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from container_manager.management.jobcli import workflow
 from container_manager.management.jobcli.common import (
     Output,
     duration,
@@ -53,6 +54,7 @@ def list_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--host", help="only jobs pinned to or run on this host")
     parser.add_argument("--recent", type=duration, help="only jobs created within this duration, e.g. 24h")
     parser.add_argument("--limit", type=positive_int, default=50, help="at most this many rows (default: 50)")
+    parser.add_argument("--array", type=positive_int, metavar="ID", help="only the jobs of this job array")
     parser.add_argument("--json", action="store_true", help="JSON output")
     parser.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     parser.add_argument(
@@ -66,7 +68,9 @@ def list_arguments(parser: ArgumentParser) -> None:
 def _query(options: dict[str, Any]) -> Any:
     from container_manager.models import ContainerJob, ExecutorHost
 
-    jobs = ContainerJob.objects.select_related("docker_host")
+    jobs = ContainerJob.objects.select_related("docker_host", "schedule").prefetch_related("depends_on")
+    if options["array"]:
+        jobs = jobs.filter(array=workflow.array_of(options["array"]))
     if options["status"]:
         jobs = jobs.filter(status__in=options["status"])
     if options["host"]:
@@ -82,7 +86,8 @@ def table(options: dict[str, Any]) -> list[str]:
     jobs = _query(options)
     rows = list(jobs.order_by("-created_at", "-id")[: options["limit"]])
     now = timezone.now()
-    lines = [HEADER]
+    lines = [workflow.array_of(options["array"]).summary()] if options["array"] else []
+    lines.append(HEADER)
     for job in rows:
         host = job.docker_host.name if job.docker_host else "-"
         code = "" if job.exit_code is None else str(job.exit_code)
@@ -174,7 +179,10 @@ def show_run(out: Output, options: dict[str, Any]) -> None:
         out.emit_json(data)
         return
     for key, value in job_dict(job).items():
-        out.line(f"{key:>16}: {'' if value is None else value}")
+        if key not in workflow.WORKFLOW_KEYS:  # said in words below
+            out.line(f"{key:>16}: {'' if value is None else value}")
+    for label, text in workflow.workflow_lines(job):
+        out.line(f"{label:>16}: {text}")
     if isinstance(env, str):
         out.line(f"{'environment':>16}: {env}")
     elif env:

@@ -12,11 +12,13 @@ from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from container_manager.management.jobcli import workflow
 from container_manager.management.jobcli.common import (
     EXIT_CODES_HELP,
     Output,
     format_errors,
     job_dict,
+    job_id,
     positive_float,
     positive_int,
 )
@@ -26,7 +28,7 @@ from container_manager.models import USER_EDITABLE_FIELDS
 #: Fields of a submitted job: the model's user-editable ones, with relations named by name.
 SUBMIT_FIELDS = (
     set(USER_EDITABLE_FIELDS) - {"docker_host", "environment_template", "override_environment"}
-) | {"host", "template", "env"}
+) | {"host", "template", "env", "after"}
 
 
 class DuplicateKey(ValueError):
@@ -95,6 +97,7 @@ def arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--max-retries", type=int, dest="max_retries", help="extra attempts (default: 0)")
     parser.add_argument("--priority", type=int, help="higher runs first (default: 0)")
     parser.add_argument("--file", help="JSON-lines file, one job object per line ('-' = stdin)")
+    workflow.add_submit_arguments(parser, job_id)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -119,7 +122,9 @@ def build_job(spec: dict[str, Any], where: str) -> Any:
     unknown = set(spec) - SUBMIT_FIELDS
     if unknown:
         raise CommandError(f"{where}: unknown fields {sorted(unknown)}; allowed: {sorted(SUBMIT_FIELDS)}")
-    values = {k: v for k, v in spec.items() if k not in ("host", "template", "env") and v is not None}
+    values = {
+        k: v for k, v in spec.items() if k not in ("host", "template", "env", "after") and v is not None
+    }
     if isinstance(values.get("run_after"), str):
         try:
             parsed = parse_datetime(values["run_after"])
@@ -203,6 +208,7 @@ def _specs_from_flags(options: dict[str, Any]) -> list[dict[str, Any]]:
             "timeout_seconds": options["timeout_seconds"],
             "max_retries": options["max_retries"],
             "priority": options["priority"],
+            "after": options["after"],
         }
     ]
 
@@ -229,9 +235,13 @@ def run(out: Output, options: dict[str, Any]) -> int | None:
         raise CommandError("--wait-timeout goes with --wait")
     if options["dry_run"] and options["wait"]:
         raise CommandError("--dry-run creates nothing to wait for; give one of them")
+    workflow.check_submit_options(options)
     specs = read_jsonl(options["file"]) if options["file"] else _specs_from_flags(options)
     where = (lambda i: f"line {i}") if options["file"] else (lambda i: "submit")
     jobs = [build_job(spec, where(i)) for i, spec in enumerate(specs, start=1)]
+    after = [workflow.dependency_ids(spec, where(i)) for i, spec in enumerate(specs, start=1)]
+    if options["array"] is not None:
+        return _submit_array(out, jobs[0], options)
     errors = []
     for index, job in enumerate(jobs, start=1):
         try:
@@ -256,7 +266,9 @@ def run(out: Output, options: dict[str, Any]) -> int | None:
         for start in range(0, len(jobs), 500):
             created += ContainerJob.objects.bulk_create(jobs[start : start + 500])
             out.progress(len(created), len(jobs), "creating")
+        workflow.save_dependencies(created, after)
     if options["json"]:
+        workflow.prefetch(created)
         out.emit_json([job_dict(job) for job in created])
     elif len(created) <= 20:
         for job in created:
@@ -267,6 +279,28 @@ def run(out: Output, options: dict[str, Any]) -> int | None:
         from container_manager.management.jobcli.control import wait_for
 
         return wait_for(out, [job.pk for job in created], options["wait_timeout"], quiet=options["json"])
+    return None
+
+
+def _submit_array(out: Output, job: Any, options: dict[str, Any]) -> int | None:
+    """``submit --array N``: N jobs of ``job``'s desired state, created (or refused) together."""
+    if options["dry_run"]:
+        job.prepare_for_insert()  # ValidationError: manage_jobs makes it one line naming the fields
+        out.line(
+            f"dry run: an array of {options['array']} x {job.image} would be created; nothing was created"
+        )
+        return None
+    array = workflow.submit_array(job, options)
+    members = list(array.jobs.select_related("docker_host").order_by("array_index"))
+    if options["json"]:
+        workflow.prefetch(members)
+        out.emit_json([job_dict(member) for member in members])
+    else:
+        out.line(workflow.created_array_line(array))
+    if options["wait"]:
+        from container_manager.management.jobcli.control import wait_for
+
+        return wait_for(out, [m.pk for m in members], options["wait_timeout"], quiet=options["json"])
     return None
 
 
