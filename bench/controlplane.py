@@ -59,9 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a PostgreSQL server (a fresh database is created on it); default: a temporary SQLite file",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="daemon replicas sharing the hosts through host leases (more than 1 needs PostgreSQL)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     # Internal: each phase runs in a child process of its own (the daemon's figures are its own).
-    parser.add_argument("--phase", choices=("prepare", "daemon", "check"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--phase", choices=("prepare", "insert", "daemon", "replica", "check"), help=argparse.SUPPRESS
+    )
     return parser.parse_args(argv)
 
 
@@ -80,8 +88,8 @@ def setup_django(database_url: str, home: str) -> None:
 # The daemon, in a child process -------------------------------------------------------------
 
 
-def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
-    """Run a daemon until no job is left; report its wall time, CPU, SQL statements and peak RSS."""
+def count_statements() -> dict[str, int]:
+    """Count every SQL statement this process's connections execute (the daemon's, here)."""
     from django.db.backends.signals import connection_created
 
     counter = {"queries": 0}
@@ -95,12 +103,17 @@ def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         if count not in connection.execute_wrappers:
             connection.execute_wrappers.append(count)
 
-    connection_created.connect(install)
+    connection_created.connect(install, weak=False)  # a local function: keep it alive
     from django.db import connections
 
     for conn in connections.all():
         conn.close()
+    return counter
 
+
+def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a daemon until no job is left; report its wall time, CPU, SQL statements and peak RSS."""
+    counter = count_statements()
     from reconciler.daemon import Daemon, DaemonOptions
 
     daemon = Daemon(DaemonOptions(workers=args.workers, until_idle=True, startup_wait_seconds=0))
@@ -116,6 +129,99 @@ def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_seconds": cpu,
         "queries": counter["queries"],
         "peak_rss_mb": cpu_after.ru_maxrss / 1024,
+    }
+
+
+LEASE_SECONDS = 2.0
+
+
+def run_replica(args: argparse.Namespace) -> dict[str, Any]:
+    """One of several replicas: start, take a share of the hosts, then at the go signal work
+    until no job is left; figures count from the go signal."""
+    import threading
+
+    counter = count_statements()
+    from reconciler.daemon import Daemon, DaemonOptions
+
+    daemon = Daemon(
+        DaemonOptions(
+            workers=args.workers, leader_election="auto", lease_seconds=LEASE_SECONDS, startup_wait_seconds=0
+        )
+    )
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    go = os.environ["CM_BENCH_GO"]
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    counter["queries"] = 0
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    while not daemon._idle():
+        time.sleep(0.02)
+    finished = time.time()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    queries = counter["queries"]
+    daemon.request_stop()
+    thread.join(60)
+    return {
+        "finished_at": finished,
+        "cpu_seconds": (cpu_after.ru_utime - cpu_before.ru_utime)
+        + (cpu_after.ru_stime - cpu_before.ru_stime),
+        "queries": queries,
+        "peak_rss_mb": cpu_after.ru_maxrss / 1024,
+    }
+
+
+def wait_balanced(url: str, replicas: int, hosts: int, timeout: float = 60.0) -> None:
+    """Until the replicas hold every host between them, evenly (no one two more than another)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            rows = conn.execute(
+                "SELECT holder, count(*) FROM container_manager_leaderlease"
+                " WHERE name LIKE '%:host:%' AND expires_at > clock_timestamp() GROUP BY holder"
+            ).fetchall()
+            counts = [n for _, n in rows]
+            if len(counts) == replicas and sum(counts) == hosts and max(counts) - min(counts) <= 1:
+                time.sleep(2 * LEASE_SECONDS)  # and stays so: no hand-over in flight
+                return
+            time.sleep(0.2)
+    raise SystemExit(f"the replicas did not share the hosts out within {timeout:g} s: {rows}")
+
+
+def run_replicas(args: argparse.Namespace, env: dict[str, str], url: str, home: str) -> dict[str, Any]:
+    go = os.path.join(home, "go")
+    argv = [sys.executable, __file__, "--phase", "replica", "--workers", str(args.workers)]
+    children = [
+        subprocess.Popen(
+            argv, env={**env, "CM_BENCH_GO": go}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(args.replicas)
+    ]
+    try:
+        wait_balanced(url, args.replicas, args.hosts)
+        job_ids = phase(args, "insert", env)["job_ids"]
+        started = time.time()
+        with open(go, "w"):
+            pass
+        reports = []
+        for child_proc in children:
+            out, err = child_proc.communicate(timeout=600)
+            if child_proc.returncode != 0:
+                raise SystemExit(f"a replica failed:\n{err[-4000:]}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for child_proc in children:
+            if child_proc.poll() is None:
+                child_proc.kill()
+    return {
+        "job_ids": job_ids,
+        "exit_code": 0,
+        "wall_seconds": max(r["finished_at"] for r in reports) - started,
+        "cpu_seconds": sum(r["cpu_seconds"] for r in reports),
+        "queries": sum(r["queries"] for r in reports),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
     }
 
 
@@ -197,7 +303,7 @@ def load_history(count: int) -> None:
 def prepare(args: argparse.Namespace) -> list[int]:
     from django.core.management import call_command
 
-    from container_manager.models import ContainerJob, ExecutorHost
+    from container_manager.models import ExecutorHost
 
     call_command("migrate", verbosity=0)
     for index in range(args.hosts):
@@ -206,6 +312,12 @@ def prepare(args: argparse.Namespace) -> list[int]:
         )
     if args.history:
         load_history(args.history)
+    return [] if args.replicas > 1 else insert(args)
+
+
+def insert(args: argparse.Namespace) -> list[int]:
+    from container_manager.models import ContainerJob
+
     jobs = ContainerJob.objects.create_many(
         [
             ContainerJob(image="busybox:latest", command=args.command, memory_limit=64, cpu_limit=0.5)
@@ -242,7 +354,11 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
     try:
         env = {**os.environ, "DATABASE_URL": url, "CONTAINER_MANAGER_HOME": home}
         job_ids = phase(args, "prepare", env)["job_ids"]
-        result = phase(args, "daemon", env)
+        if args.replicas > 1:
+            result = run_replicas(args, env, url, home)
+            job_ids = result.pop("job_ids")
+        else:
+            result = phase(args, "daemon", env)
         verify = phase(args, "check", {**env, "CM_BENCH_JOB_IDS": json.dumps(job_ids)})
         result.update(verify)
         n = len(job_ids)
@@ -261,7 +377,7 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
 def phase(args: argparse.Namespace, name: str, env: dict[str, str]) -> dict[str, Any]:
     """Run one phase in a child process; its last line of output is a JSON object."""
     argv = [sys.executable, __file__, "--phase", name]
-    for option in ("jobs", "hosts", "capacity", "workers", "history", "command"):
+    for option in ("jobs", "hosts", "capacity", "workers", "history", "command", "replicas"):
         argv += [f"--{option}", str(getattr(args, option))]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -274,6 +390,10 @@ def child(args: argparse.Namespace) -> int:
     setup_django(os.environ["DATABASE_URL"], os.environ["CONTAINER_MANAGER_HOME"])
     if args.phase == "prepare":
         result: dict[str, Any] = {"job_ids": prepare(args)}
+    elif args.phase == "insert":
+        result = {"job_ids": insert(args)}
+    elif args.phase == "replica":
+        result = run_replica(args)
     elif args.phase == "check":
         result = check(json.loads(os.environ["CM_BENCH_JOB_IDS"]))
     else:
@@ -286,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase:
         return child(args)
+    if args.replicas > 1 and not args.database_url:
+        raise SystemExit("--replicas needs PostgreSQL (--database-url): SQLite runs a single daemon")
     rounds = [one_round(args) for _ in range(args.rounds)]
     keys = ("jobs_per_second", "queries_per_job", "cpu_ms_per_job", "peak_rss_mb", "wall_seconds")
     medians = {key: statistics.median(r[key] for r in rounds) for key in keys}
@@ -298,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "hosts": args.hosts,
         "capacity": args.capacity,
         "workers": args.workers,
+        "replicas": args.replicas,
         "history": args.history,
         "rounds": rounds,
         "median": medians,
@@ -308,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"control plane: {report['database']}, {args.jobs} jobs x {args.rounds} round(s), "
-            f"{args.hosts} mock hosts x {args.capacity} slots, {args.workers} workers, "
+            f"{args.hosts} mock hosts x {args.capacity} slots, {args.replicas} replica(s) x {args.workers} workers, "
             f"{args.history} finished jobs loaded first"
         )
         print(f"{'round':>5} {'jobs/s':>8} {'queries/job':>12} {'CPU ms/job':>11} {'peak RSS MB':>12}")

@@ -20,6 +20,11 @@ their order, and reports medians: this machine is shared and noisy), plus
   queueing behind the other N-1 jobs);
 * pickup on an idle daemon: jobs inserted one at a time, insert to container start.
 
+``--tls-hosts N`` runs both phases on N extra ``dockerd`` hosts reached over mutual TLS
+instead of the default daemon (``bench/targets.py``): C raw threads per host, and one host
+row per daemon with C slots each for the reconciler (C x N workers), jobs unpinned so the
+reconciler spreads them by free slots; the attempts each host ran are reported.
+
 ``--profile`` adds where the daemon's time went: per reconcile step, the wall time spent in
 executor calls, in SQL, and the rest (Python); CPU seconds per daemon thread; and the workers'
 cProfile hotspots (the profiler itself slows the daemon: compare ratios without it).
@@ -27,35 +32,35 @@ cProfile hotspots (the profiler itself slows the daemon: compare ratios without 
 A benchmark is a script, never a timed assertion in a test. Results: BENCHMARKS.md.
 
 Usage: .venv/bin/python bench/throughput.py [--jobs 60] [--concurrency 4] [--rounds 1]
-       [--database-url URL] [--command true] [--pickup 10] [--profile] [--json]
+       [--database-url URL] [--command true] [--pickup 10] [--tls-hosts N] [--profile] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import logging
 import os
-import pstats
 import queue
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for its packages
+
+from bench import targets
+from bench.instrument import Instrument
+from bench.measure import CpuMeter, median, summary, thread_cpu, thread_cpu_snapshot
+from bench.targets import Target
 
 MIB = 1024 * 1024
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
@@ -89,108 +94,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="INFO", help="daemon log level; logs go to a file (default INFO)"
     )
+    parser.add_argument(
+        "--tls-hosts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run on N extra dockerd hosts over mutual TLS instead of the default daemon (needs root)",
+    )
     parser.add_argument("--profile", action="store_true", help="break down where the daemon spends its time")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (database, daemon log) afterwards"
     )
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1 or args.pickup < 0:
-        parser.error("--jobs, --concurrency and --rounds must be at least 1, --pickup at least 0")
+    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1 or args.pickup < 0 or args.tls_hosts < 0:
+        parser.error(
+            "--jobs, --concurrency and --rounds must be at least 1, --pickup and --tls-hosts at least 0"
+        )
     return args
-
-
-# Measurements ---------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of ``values``; None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def summary(values: list[float]) -> dict[str, float | int | None]:
-    return {
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else None,
-    }
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def _pid_cpu_seconds(pid: int | str, task: str | None = None) -> float:
-    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
-    try:
-        with open(path) as fh:
-            text = fh.read()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pids_named(*names: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as fh:
-                if fh.read().strip() in names:
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-@dataclass
-class CpuMeter:
-    """Machine CPU use and the CPU seconds of this process and of dockerd/containerd over a phase."""
-
-    busy: int = 0
-    total: int = 0
-    process: float = 0.0
-    engine: float = 0.0
-    result: dict[str, float] = field(default_factory=dict)
-
-    def _engine(self) -> float:
-        return sum(_pid_cpu_seconds(pid) for pid in _pids_named("dockerd", "containerd"))
-
-    def start(self) -> None:
-        self.busy, self.total = _cpu_jiffies()
-        self.process = time.process_time()
-        self.engine = self._engine()
-
-    def stop(self, jobs: int) -> dict[str, float]:
-        busy, total = _cpu_jiffies()
-        self.result = {
-            "machine_busy_percent": round(100.0 * (busy - self.busy) / max(1, total - self.total), 1),
-            "bench_process_cpu_s_per_job": round((time.process_time() - self.process) / jobs, 4),
-            "dockerd_containerd_cpu_s_per_job": round((self._engine() - self.engine) / jobs, 4),
-        }
-        return self.result
 
 
 # The baseline ---------------------------------------------------------------------------------
 
 
-def run_raw(image: str, command: list[str], jobs: int, concurrency: int, instance: str) -> dict[str, Any]:
-    """C threads doing create/start/wait/logs/remove with docker-py, with the reconciler's limits."""
-    import docker
-    from docker.utils import kwargs_from_env
-
+def run_raw(
+    image: str, command: list[str], jobs: int, concurrency: int, instance: str, hosts: list[Target]
+) -> dict[str, Any]:
+    """C threads per host doing create/start/wait/logs/remove with docker-py, with the reconciler's limits."""
     from executors.types import LABEL_INSTANCE
 
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -200,8 +130,8 @@ def run_raw(image: str, command: list[str], jobs: int, concurrency: int, instanc
     errors: list[str] = []
     lock = threading.Lock()
 
-    def worker() -> None:
-        api = docker.APIClient(**kwargs_from_env())
+    def worker(host: Target) -> None:
+        api = host.connect()
         try:
             while True:
                 try:
@@ -243,7 +173,11 @@ def run_raw(image: str, command: list[str], jobs: int, concurrency: int, instanc
     meter = CpuMeter()
     meter.start()
     started = time.monotonic()
-    threads = [threading.Thread(target=worker, name=f"raw-{i}") for i in range(concurrency)]
+    threads = [
+        threading.Thread(target=worker, args=(host,), name=f"raw-{host.name}-{i}")
+        for host in hosts
+        for i in range(concurrency)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -259,118 +193,6 @@ def run_raw(image: str, command: list[str], jobs: int, concurrency: int, instanc
 
 
 # The reconciler -------------------------------------------------------------------------------
-
-
-class Instrument:
-    """Wall time per reconcile step split into executor calls, SQL, and the rest (``--profile``)."""
-
-    VERBS = ("launch", "inspect", "logs", "remove", "stop")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.totals: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-        self.profilers: list[cProfile.Profile] = []
-
-    def add(self, key: str, seconds: float) -> None:
-        with self.lock:
-            self.totals[key] += seconds
-            self.counts[key] += 1
-
-    def wrap_executor(self, executor: Any) -> None:
-        """Time each verb; a verb called by another (``launch`` inspects) counts only in the outer one."""
-        for verb in self.VERBS:
-            original = getattr(executor, verb)
-
-            def timed(*args: Any, __original: Callable[..., Any] = original, __verb: str = verb) -> Any:
-                if getattr(self.local, "inside", False):
-                    return __original(*args)
-                self.local.inside = True
-                started = time.perf_counter()
-                try:
-                    return __original(*args)
-                finally:
-                    self.local.inside = False
-                    self.add(f"executor.{__verb}", time.perf_counter() - started)
-
-            setattr(executor, verb, timed)
-
-    def wrap_reconciler(self, reconciler: Any) -> None:
-        from django.db import connection
-
-        original = reconciler.reconcile
-
-        def sql(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return execute(sql, params, many, context)
-            finally:
-                self.add("sql", time.perf_counter() - started)
-
-        def reconcile(job_id: int) -> Any:
-            profiler = getattr(self.local, "profiler", None)
-            if profiler is None:
-                profiler = self.local.profiler = cProfile.Profile()
-                with self.lock:
-                    self.profilers.append(profiler)
-            started = time.perf_counter()
-            with connection.execute_wrapper(sql):
-                profiler.enable()
-                try:
-                    return original(job_id)
-                finally:
-                    profiler.disable()
-                    self.add("reconcile", time.perf_counter() - started)
-
-        reconciler.reconcile = reconcile
-
-    def hotspots(self, limit: int = 25) -> str:
-        """The functions the workers spent most CPU in (cProfile, own time), as pstats prints them."""
-        if not self.profilers:
-            return ""
-        out = io.StringIO()
-        stats = pstats.Stats(self.profilers[0], stream=out)
-        for profiler in self.profilers[1:]:
-            stats.add(profiler)
-        stats.strip_dirs().sort_stats("tottime").print_stats(limit)
-        return out.getvalue()
-
-    def report(self, jobs: int) -> dict[str, Any]:
-        total = self.totals.get("reconcile", 0.0)
-        executor = sum(v for k, v in self.totals.items() if k.startswith("executor."))
-        rows = {
-            key: {
-                "calls": self.counts[key],
-                "total_s": round(value, 3),
-                "ms_per_job": round(1000 * value / jobs, 2),
-            }
-            for key, value in sorted(self.totals.items())
-        }
-        rows["python_and_locks (reconcile - executor - sql)"] = {
-            "calls": self.counts.get("reconcile", 0),
-            "total_s": round(total - executor - self.totals.get("sql", 0.0), 3),
-            "ms_per_job": round(1000 * (total - executor - self.totals.get("sql", 0.0)) / jobs, 2),
-        }
-        return rows
-
-
-def thread_cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of each live thread of this process, by native id."""
-    return {
-        t.native_id: (t.name, _pid_cpu_seconds("self", str(t.native_id)))
-        for t in threading.enumerate()
-        if t.native_id is not None
-    }
-
-
-def thread_cpu(before: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds used since ``before`` by this process's threads, grouped by name less its index."""
-    grouped: dict[str, float] = defaultdict(float)
-    for native_id, (name, seconds) in thread_cpu_snapshot().items():
-        group = name.rstrip("0123456789").rstrip("-") or name
-        grouped[group] += seconds - before.get(native_id, (name, 0.0))[1]
-    return {k: round(v, 3) for k, v in sorted(grouped.items(), key=lambda kv: -kv[1])}
 
 
 @contextmanager
@@ -449,27 +271,41 @@ def job_latencies(job_ids: list[int], slots: int | None = None) -> dict[str, Any
 
 
 def run_reconciler(
-    image: str, command: str, jobs: int, concurrency: int, pickup: int, profile: bool, round_number: int
+    image: str,
+    command: str,
+    jobs: int,
+    concurrency: int,
+    pickup: int,
+    profile: bool,
+    round_number: int,
+    hosts: list[Target],
 ) -> dict[str, Any]:
-    """One reconciler phase on a new host row; ``samples`` holds raw latencies for pooling."""
-    from container_manager.models import ContainerJob, ExecutorHost
+    """One reconciler phase on new host rows (C slots each); ``samples`` holds raw latencies for pooling."""
+    from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
 
-    host = ExecutorHost.objects.create(
-        name=f"bench-docker-{round_number}",
-        executor_type="docker",
-        connection_string="",
-        max_concurrent_jobs=concurrency,
-    )
-    executor = host.get_executor()
+    rows = [
+        ExecutorHost.objects.create(
+            name=f"{host.name}-{round_number}",
+            executor_type="docker",
+            connection_string=host.connection_string,
+            executor_config=host.executor_config,
+            max_concurrent_jobs=concurrency,
+        )
+        for host in hosts
+    ]
     instrument = Instrument() if profile else None
     if instrument is not None:
-        instrument.wrap_executor(executor)
+        for row in rows:
+            instrument.wrap_executor(row.get_executor())
+    # One host: jobs pinned to it, as before. Several: unpinned, placed by free slots.
+    pinned = rows[0] if len(rows) == 1 else None
+    slots = concurrency * len(rows)
 
     def new_job() -> ContainerJob:
         job = ContainerJob(
             image=image,
             command=command,
-            docker_host=host,
+            docker_host=pinned,
             memory_limit=64,
             cpu_limit=0.5,
             timeout_seconds=120,
@@ -478,7 +314,7 @@ def run_reconciler(
         return job
 
     meter = CpuMeter()
-    with daemon_running(concurrency, instrument):
+    with daemon_running(slots, instrument):
         # The batch: N rows inserted at once into a running, idle daemon.
         batch = [new_job() for _ in range(jobs)]
         threads_before = thread_cpu_snapshot()
@@ -488,13 +324,20 @@ def run_reconciler(
         wait_finished(ids, timeout=60 + 10 * jobs)
         cpu = meter.stop(jobs)
         threads = thread_cpu(threads_before) if profile else {}
-        measured = job_latencies(ids, slots=concurrency)
+        measured = job_latencies(ids, slots=slots)
         wall = (measured["last_terminal"] - measured["first_insert"]).total_seconds()
         result: dict[str, Any] = {
             "wall_s": round(wall, 3),
             "jobs_per_s": round(jobs / wall, 3),
             "succeeded": measured["completed"],
             "slot_occupancy_percent": measured["occupancy_percent"],
+            "attempts_per_host": dict(
+                sorted(
+                    Counter(
+                        ContainerExecution.objects.filter(job_id__in=ids).values_list("host_name", flat=True)
+                    ).items()
+                )
+            ),
             "cpu": cpu,
             "samples": {
                 "detection": measured["detection"],
@@ -519,6 +362,8 @@ def run_reconciler(
             time.sleep(0.137 * (index % 4))
         if pickup_ids:
             result["samples"]["pickup"] = job_latencies(pickup_ids)["insert_to_start"]
+    # The next round makes rows of its own: unpinned jobs must not find these ones too.
+    ExecutorHost.objects.filter(pk__in=[row.pk for row in rows]).update(is_active=False)
     return result
 
 
@@ -552,20 +397,14 @@ def setup(database_url: str | None, instance: str, log_level: str) -> tuple[str,
     return connection.vendor, home
 
 
-def remove_leftovers(instance: str) -> int:
-    import docker
-    from docker.utils import kwargs_from_env
-
-    from executors.types import LABEL_INSTANCE
-
-    api = docker.APIClient(**kwargs_from_env())
-    try:
-        items = api.containers(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
-        for item in items:
-            api.remove_container(item["Id"], force=True)
-        return len(items)
-    finally:
-        api.close()
+@contextmanager
+def docker_hosts(count: int, image: str) -> Iterator[list[Target]]:
+    """The default daemon, or ``count`` harness daemons over TLS (removed afterwards)."""
+    if not count:
+        yield targets.local()
+        return
+    with targets.tls_hosts(count, image) as hosts:
+        yield hosts
 
 
 def fmt(value: float | int | None, digits: int = 0) -> str:
@@ -577,6 +416,11 @@ def print_table(r: dict[str, Any]) -> None:
         f"container-manager throughput: {r['jobs']} jobs, concurrency {r['concurrency']}, "
         f"database {r['database']}, command {r['command']!r}, {len(r['rounds'])} round(s)"
     )
+    if r["hosts"] != ["default"]:
+        print(
+            f"on {len(r['hosts'])} dockerd hosts over mutual TLS ({', '.join(r['hosts'])}), "
+            f"concurrency {r['concurrency']} per host"
+        )
     print()
     print(
         f"{'round':<7}{'phase':<22}{'wall s':>8}{'jobs/s':>8}{'ok':>5}{'CPU busy':>10}"
@@ -610,6 +454,9 @@ def print_table(r: dict[str, Any]) -> None:
         )
     print("targets: detection p50 < 50, p99 < 250; pickup p50 < 300 (PostgreSQL), < 1500 (SQLite)")
     print(f"slot occupancy (sum of claim -> terminal / wall x slots): {fmt(r['slot_occupancy_percent'], 1)}%")
+    if r["hosts"] != ["default"]:
+        spread = r["rounds"][-1]["reconciler"]["attempts_per_host"]
+        print("reconciler attempts per host, last round: " + ", ".join(f"{k} {v}" for k, v in spread.items()))
     profile = r["rounds"][-1]["reconciler"].get("profile")
     if profile:
         print()
@@ -626,12 +473,6 @@ def print_table(r: dict[str, Any]) -> None:
         print(profile["hotspots"])
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     instance = f"bench{uuid4().hex[:8]}"
@@ -642,29 +483,34 @@ def main(argv: list[str] | None = None) -> int:
     image = ensure_busybox_image()
     argv_command = list(split_command(args.command))
     rounds: list[dict[str, Any]] = []
-    try:
-        for number in range(args.rounds):
-            # Alternate the order round by round, so neither phase always runs on a warmer daemon.
-            raw_first = (args.order == "raw-first") == (number % 2 == 0)
-            phases: dict[str, Any] = {}
-            for phase in ("raw", "reconciler") if raw_first else ("reconciler", "raw"):
-                if phase == "raw":
-                    phases["raw"] = run_raw(image, argv_command, args.jobs, args.concurrency, instance)
-                else:
-                    last = number == args.rounds - 1
-                    phases["reconciler"] = run_reconciler(
-                        image,
-                        args.command,
-                        args.jobs,
-                        args.concurrency,
-                        args.pickup if last else 0,
-                        args.profile and last,
-                        number,
-                    )
-            phases["ratio"] = round(phases["reconciler"]["jobs_per_s"] / phases["raw"]["jobs_per_s"], 3)
-            rounds.append(phases)
-    finally:
-        left = remove_leftovers(instance)
+    with docker_hosts(args.tls_hosts, image) as hosts:
+        try:
+            for number in range(args.rounds):
+                # Alternate the order round by round, so neither phase always runs on a warmer daemon.
+                raw_first = (args.order == "raw-first") == (number % 2 == 0)
+                phases: dict[str, Any] = {}
+                for phase in ("raw", "reconciler") if raw_first else ("reconciler", "raw"):
+                    if phase == "raw":
+                        phases["raw"] = run_raw(
+                            image, argv_command, args.jobs, args.concurrency, instance, hosts
+                        )
+                    else:
+                        last = number == args.rounds - 1
+                        phases["reconciler"] = run_reconciler(
+                            image,
+                            args.command,
+                            args.jobs,
+                            args.concurrency,
+                            args.pickup if last else 0,
+                            args.profile and last,
+                            number,
+                            hosts,
+                        )
+                ratio = phases["reconciler"]["jobs_per_s"] / phases["raw"]["jobs_per_s"]
+                phases["ratio"] = round(ratio, 3)
+                rounds.append(phases)
+        finally:
+            left = targets.remove_leftovers(hosts, instance)
     pooled: dict[str, list[float]] = {"detection": [], "insert_to_start": [], "pickup": [], "refill": []}
     for rnd in rounds:
         for key, values in rnd["reconciler"].pop("samples").items():
@@ -672,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
+        "hosts": [h.connection_string or "default" for h in hosts],
         "database": vendor,
         "command": args.command,
         "rounds": rounds,

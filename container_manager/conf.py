@@ -46,12 +46,17 @@ class Policy:
     poll_seconds: float = 0.5
     #: An attempt still "launching" after this long (launch kept failing transiently) fails.
     launch_deadline_seconds: float = 300.0
+    #: A running attempt whose host has answered nothing for this long is lost (and retried
+    #: elsewhere when the job allows).
+    host_lost_seconds: float = 120.0
     #: Distinguishes this installation's containers from others' on a shared Docker host.
     instance: str = "default"
     #: Environment variables of this process that host rows (``executor_config``) may name with
     #: ``env:NAME``. Empty: ``env:`` references are refused, since anyone who may edit a host
     #: row could otherwise make the backend read any variable of the web or daemon process.
     config_env_allowlist: tuple[str, ...] = ()
+    #: Most jobs one array may have (``create_array``, ``manage_jobs submit --array``).
+    max_array_size: int = 10_000
 
 
 #: What the code can compute with, whatever the settings say: the settings must stay inside
@@ -64,6 +69,7 @@ ABSOLUTE_MAX_CPU = 1024.0
 ABSOLUTE_MAX_SECONDS = 2**31 - 1  # ~68 years: now + this is still a valid date-time
 ABSOLUTE_MAX_RETRIES = 1000
 ABSOLUTE_MAX_CONCURRENT_JOBS = 10_000
+ABSOLUTE_MAX_ARRAY_SIZE = 1_000_000
 PRIORITY_RANGE = (-32768, 32767)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -111,6 +117,7 @@ def _check_bounds(policy: Policy) -> None:
         ("DEFAULT_TIMEOUT_SECONDS", policy.default_timeout_seconds, 1, policy.max_timeout_seconds),
         ("MAX_RETRIES_CAP", policy.max_retries_cap, 0, ABSOLUTE_MAX_RETRIES),
         ("MAX_CONCURRENT_JOBS_CAP", policy.max_concurrent_jobs_cap, 1, ABSOLUTE_MAX_CONCURRENT_JOBS),
+        ("MAX_ARRAY_SIZE", policy.max_array_size, 1, ABSOLUTE_MAX_ARRAY_SIZE),
         (
             "DEFAULT_MAX_CONCURRENT_JOBS",
             policy.default_max_concurrent_jobs,

@@ -6,14 +6,40 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import models, transaction
-from django.db.models import F, Q, Value
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
 from container_manager.states import ACTIVE, LIVE, LIVE_EXECUTION_VALUES, TERMINAL, JobStatus
 
 if TYPE_CHECKING:
-    from container_manager.models import ContainerJob, ExecutorHost
+    from container_manager.models import ContainerJob, ExecutorHost, JobArray
+
+_ACTIVE_VALUES = [s.value for s in ACTIVE]
+#: Terminal statuses other than ``completed``: a dependency that ends in one of them cancels its dependents.
+_UNSUCCESSFUL_VALUES = [s.value for s in TERMINAL if s is not JobStatus.COMPLETED]
+
+
+def _dependencies(statuses: list[str]) -> Any:
+    """The edges of the outer job whose other end is in one of ``statuses`` (a correlated subquery)."""
+    from container_manager.models import JobDependency
+
+    return JobDependency.objects.filter(job_id=OuterRef("pk"), depends_on__status__in=statuses)
+
+
+def unfinished_dependencies() -> Exists:
+    """True for a job with a dependency that has not finished yet (it is not due)."""
+    return Exists(_dependencies(_ACTIVE_VALUES))
+
+
+def failed_dependency_annotations() -> dict[str, Any]:
+    """``failed_dependency`` (id) and ``failed_dependency_status`` of one dependency that ended
+    other than ``completed``, both None when there is none: the fact the claim gives ``decide()``."""
+    failed = _dependencies(_UNSUCCESSFUL_VALUES).order_by("depends_on_id")
+    return {
+        "failed_dependency": Subquery(failed.values("depends_on_id")[:1]),
+        "failed_dependency_status": Subquery(failed.values("depends_on__status")[:1]),
+    }
 
 
 class ExecutorHostQuerySet(models.QuerySet["ExecutorHost"]):
@@ -81,13 +107,43 @@ class ContainerJobQuerySet(models.QuerySet["ContainerJob"]):
         return self.filter(Q(docker_host_id=pk) | Q(pk__in=ran_there.values("job_id")))
 
     def due(self, now: Any = None) -> ContainerJobQuerySet:
-        """Pending or retrying jobs whose ``run_after`` has passed, in claim order."""
+        """Pending or retrying jobs whose ``run_after`` has passed and whose dependencies have all
+        finished, in claim order (a job whose dependency did not complete is due: to be cancelled)."""
         now = now or timezone.now()
         return (
             self.filter(status__in=[JobStatus.PENDING.value, JobStatus.RETRYING.value])
             .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+            .exclude(unfinished_dependencies())
             .order_by("-priority", "created_at", "id")
         )
+
+    def waiting_on_dependencies(self) -> ContainerJobQuerySet:
+        """Pending jobs that wait for a dependency to finish."""
+        return self.filter(status=JobStatus.PENDING).filter(unfinished_dependencies())
+
+    def create(self, **kwargs: Any) -> ContainerJob:
+        """``create()``, also with ``depends_on=[jobs or ids]``: the job and its dependencies are
+        written in one transaction (never claimable without them). All errors are raised at once."""
+        if "depends_on" not in kwargs:
+            return super().create(**kwargs)
+        from container_manager.models.workflow import create_with_dependencies
+
+        return create_with_dependencies(self, kwargs)
+
+    def create_array(
+        self,
+        size: int,
+        *,
+        parallelism: int | None = None,
+        depends_on: Any = (),
+        **fields: Any,
+    ) -> JobArray:
+        """Create ``size`` jobs from ``fields`` (as for ``create()``), with ``array_index`` 0..size-1
+        and ``array_size`` = size, in one ``JobArray`` whose ``parallelism`` caps how many run at
+        once. Every job depends on ``depends_on``. All or nothing; returns the array."""
+        from container_manager.models.workflow import create_array
+
+        return create_array(self, size, parallelism=parallelism, depends_on=depends_on, fields=fields)
 
     def create_many(self, jobs: list[ContainerJob], *, batch_size: int = 500) -> list[ContainerJob]:
         """Validate every job, then insert them all in one transaction (all or nothing).

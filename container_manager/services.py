@@ -59,6 +59,9 @@ def rerun_job(job: ContainerJob, *, actor: str) -> ContainerJob:
         raise JobStateError(f"job {job.pk} is {job.status}; only finished jobs can be re-run")
     values = {name: getattr(job, name) for name in USER_EDITABLE_FIELDS}
     values["run_after"] = None
+    # An array element runs again with its index (the container's CM_ARRAY_INDEX), outside the
+    # array: its dependencies and the array's parallelism were for the first run.
+    values.update(array_index=job.array_index, array_size=job.array_size)
     new = ContainerJob(**values, rerun_of=job, created_by=actor)
     new.save()
     note(job.pk, actor=actor, message=f"re-run as job {new.pk}")

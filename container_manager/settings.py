@@ -9,21 +9,48 @@ changes comes from the environment:
 * ``DJANGO_SECRET_KEY``: default, a random key kept in ``$CONTAINER_MANAGER_HOME/secret_key``.
 * ``DJANGO_DEBUG`` (default off), ``DJANGO_ALLOWED_HOSTS`` (default ``localhost,127.0.0.1``).
 * ``CONTAINER_MANAGER_INSTANCE``: label that separates this installation's containers.
+
+The admin's static files are served by WhiteNoise straight from the installed packages, so
+``container-manager runserver`` (or any WSGI server) shows a styled admin with DEBUG off and
+no ``collectstatic``. A data directory that cannot be written is reported in one sentence
+(``DataDirectoryError``) naming the directory and what to set instead, not as a traceback of
+``mkdir``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+
+class DataDirectoryError(ImproperlyConfigured):
+    """The data directory cannot hold what the bundled settings keep there."""
 
 
 def _home() -> Path:
-    home = Path(os.environ.get("CONTAINER_MANAGER_HOME", Path.home() / ".container-manager"))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return Path(os.environ.get("CONTAINER_MANAGER_HOME", Path.home() / ".container-manager"))
+
+
+def _usable_home(what: str, instead: str) -> Path:
+    """The data directory, created if missing; a clear error when it cannot hold ``what``."""
+    home = _home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    else:
+        if os.access(home, os.W_OK | os.X_OK):
+            return home
+        problem = "not writable by this user"
+    raise DataDirectoryError(
+        f"data directory {home}: {problem}; it holds {what}. Set CONTAINER_MANAGER_HOME to a "
+        f"directory this user can write, or set {instead}."
+    )
 
 
 def _secret_key() -> str:
@@ -31,11 +58,24 @@ def _secret_key() -> str:
     if key:
         return key
     path = _home() / "secret_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    try:
+        if not path.exists():
+            _usable_home("the generated secret key", "DJANGO_SECRET_KEY")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(50))
+        return path.read_text().strip()
+    except OSError as exc:
+        raise DataDirectoryError(
+            f"secret key file {path}: {exc.strerror or exc}. Make it readable by this user, "
+            "or set DJANGO_SECRET_KEY."
+        ) from None
+
+
+def _default_database_url() -> str:
+    if os.environ.get("DATABASE_URL"):
+        return ""  # not used: dj_database_url reads DATABASE_URL
+    return f"sqlite:///{_usable_home('the SQLite database', 'DATABASE_URL') / 'db.sqlite3'}"
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -55,11 +95,14 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver leaves static files to WhiteNoise, as every server does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "container_manager",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -86,7 +129,7 @@ WSGI_APPLICATION = "container_manager.wsgi.application"
 
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{_home() / 'db.sqlite3'}", conn_max_age=600, conn_health_checks=True
+        default=_default_database_url(), conn_max_age=600, conn_health_checks=True
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -107,6 +150,11 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "static/"
-STATIC_ROOT = _home() / "static"
+# Only for `collectstatic` (a web server in front may serve this directory instead).
+STATIC_ROOT = os.environ.get("CONTAINER_MANAGER_STATIC_ROOT") or str(_home() / "static")
+# WhiteNoise serves the admin's files from the installed apps (their finders), so no
+# collectstatic is needed; it would warn at every start that STATIC_ROOT does not exist.
+WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ")
 
 CONTAINER_MANAGER = {"INSTANCE": os.environ.get("CONTAINER_MANAGER_INSTANCE", "default")}

@@ -9,8 +9,9 @@ Both the models (for choices and CHECK constraints) and the pure reconciler core
                    |           |
                    +-----------+--> retrying --> launching   (next attempt, after a backoff)
 
-A job may be cancelled from any live state, and a pending or retrying job may fail without a
-new attempt (an invalid row inserted by SQL, or an unknown pinned host). Terminal states are final.
+A job may be cancelled from any live state (a pending one also when a job it depends on did not
+complete), and a pending or retrying job may fail without a new attempt (an invalid row
+inserted by SQL, or an unknown pinned host). Terminal states are final.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Reason(enum.StrEnum):
     NO_HOST = "no_host"
     #: the reconciler failed on this job again and again (an internal error, named in the message).
     RECONCILE_ERROR = "reconcile_error"
+    #: a job this one depends on ended other than ``completed``, so this one never ran (``cancelled``).
+    DEPENDENCY_FAILED = "dependency_failed"
 
 
 #: Execution statuses in which the attempt's container may exist (as plain values, for queries).

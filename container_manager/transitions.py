@@ -5,14 +5,19 @@ a row changed, appends a ``JobEvent`` in the same transaction and sends the sign
 commit. Zero rows changed means someone else (another daemon, an admin action) moved the job
 first: the caller re-reads and decides again, nothing is lost or overwritten.
 
-A *fence* may be installed by the daemon (leader election): it is evaluated inside the same
-transaction and a False answer aborts the write, so a paused former leader cannot write.
+A *fence* may be installed by the daemon (host leases): it is evaluated inside the same
+transaction and a False answer aborts the write, so a replica that lost a host (or was paused
+while another took it over) cannot write for it. The hosts a write concerns are named with
+``fenced_for(...)`` around it; writes that concern no host (a waiting job settled) rely on the
+compare-and-swap alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,20 +34,34 @@ logger = logging.getLogger(__name__)
 
 
 class Fenced(ContainerManagerError):
-    """This process no longer holds the leadership it was writing under."""
+    """This process no longer holds the lease it was writing under."""
 
 
-_fence: Callable[[], bool] | None = None
+_fence: Callable[[tuple[int, ...]], bool] | None = None
+_fence_hosts: ContextVar[tuple[int, ...]] = ContextVar("container_manager_fence_hosts", default=())
 
 
-def set_fence(fence: Callable[[], bool] | None) -> None:
-    """Install (or remove, with None) a check run inside every status-changing transaction."""
+def set_fence(fence: Callable[[tuple[int, ...]], bool] | None) -> None:
+    """Install (or remove, with None) a check run inside every status-changing transaction.
+
+    It is given the host pks named by the enclosing ``fenced_for`` (possibly none).
+    """
     global _fence
     _fence = fence
 
 
+@contextmanager
+def fenced_for(*host_pks: int | None) -> Iterator[None]:
+    """The executor hosts the status changes inside this block concern (for the fence)."""
+    token = _fence_hosts.set(tuple(pk for pk in host_pks if pk is not None))
+    try:
+        yield
+    finally:
+        _fence_hosts.reset(token)
+
+
 def check_fence() -> None:
-    if _fence is not None and not _fence():
+    if _fence is not None and not _fence(_fence_hosts.get()):
         raise Fenced()
 
 

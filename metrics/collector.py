@@ -3,7 +3,8 @@
 Counting rows when Prometheus asks, rather than keeping gauges up to date from every code
 path that changes a status, means the numbers are right even for rows written by the admin,
 by SQL, or by another daemon. The cost is fixed: two aggregate queries (jobs grouped by
-status, active hosts with their live attempts counted), whatever the number of rows, both
+status with the due and dependency figures, active hosts with their live attempts counted),
+whatever the number of rows, both
 answered from indexes, so a scrape stays cheap with 100k finished jobs (about 20 ms on
 SQLite, most of it counting the status index). Every status and every active host is always
 present (zero-filled), so dashboards and alerts never see a series appear or vanish.
@@ -32,6 +33,7 @@ log = structlog.get_logger("metrics.collector")
 
 JOBS = "container_manager_jobs"
 OLDEST_DUE = "container_manager_jobs_oldest_due_age_seconds"
+WAITING_ON_DEPENDENCIES = "container_manager_jobs_waiting_on_dependencies"
 HOST_RUNNING = "container_manager_host_running_attempts"
 HOST_CAPACITY = "container_manager_host_max_concurrent_attempts"
 COLLECTOR_UP = "container_manager_jobs_collector_up"
@@ -45,8 +47,11 @@ def _families() -> dict[str, GaugeMetricFamily]:
         JOBS: GaugeMetricFamily(JOBS, "Jobs in the database, by status.", labels=["status"]),
         OLDEST_DUE: GaugeMetricFamily(
             OLDEST_DUE,
-            "Seconds the longest-waiting due job (pending or retrying, run_after passed) has waited; "
-            "0 when none is due.",
+            "Seconds the longest-waiting due job (pending or retrying, run_after passed, no unfinished "
+            "dependency) has waited; 0 when none is due.",
+        ),
+        WAITING_ON_DEPENDENCIES: GaugeMetricFamily(
+            WAITING_ON_DEPENDENCIES, "Pending jobs that wait for a job they depend on to finish."
         ),
         HOST_RUNNING: GaugeMetricFamily(
             HOST_RUNNING, "Live (launching or running) attempts on each active host.", labels=["host"]
@@ -70,32 +75,52 @@ def _model(name: str) -> Any:
     return apps.get_model("container_manager", name)
 
 
-def _job_rows(now: datetime) -> tuple[dict[str, int], float]:
-    """Query 1: ``SELECT status, COUNT(*), (SELECT MIN(due) ... waiting) ... GROUP BY status``.
+def _job_rows(now: datetime) -> tuple[dict[str, int], float, int]:
+    """Query 1: ``SELECT status, COUNT(*), (SELECT MIN(due) ... waiting), (SELECT COUNT(*) ...
+    blocked) ... GROUP BY status``.
 
-    The count is answered from the status index alone; the oldest due time is an uncorrelated
-    scalar subquery over the waiting rows only (found through the same index), evaluated once.
-    Folding ``MIN(due)`` into the grouped scan would read all 100k finished rows (5x slower).
+    The count is answered from the status index alone; the oldest due time and the number of
+    jobs waiting on a dependency are uncorrelated scalar subqueries over the waiting rows only
+    (found through the same index, each with an index probe of its dependencies), evaluated
+    once. Folding ``MIN(due)`` into the grouped scan would read all 100k finished rows (5x slower).
     """
-    from django.db.models import Count, F, Subquery
+    from django.db.models import Count, F, IntegerField, Subquery
     from django.db.models.functions import Coalesce, Greatest
+
+    from container_manager.querysets import unfinished_dependencies
 
     job = _model("ContainerJob")
     # When a waiting job became due: the later of creation and run_after. Greatest() yields
     # NULL on SQLite (and ignores NULL on PostgreSQL) when run_after is NULL, hence Coalesce.
     due = Coalesce(Greatest(F("run_after"), F("created_at")), F("created_at"))
-    oldest_due = job.objects.filter(status__in=_WAITING).annotate(due=due).order_by("due").values("due")[:1]
-    rows = job.objects.order_by().values("status").annotate(n=Count("pk"), oldest=Subquery(oldest_due))
+    waiting = job.objects.filter(status__in=_WAITING)
+    oldest_due = (
+        waiting.exclude(unfinished_dependencies()).annotate(due=due).order_by("due").values("due")[:1]
+    )
+    blocked = (
+        job.objects.waiting_on_dependencies().order_by().values("status").annotate(n=Count("pk")).values("n")
+    )
+    rows = (
+        job.objects.order_by()
+        .values("status")
+        .annotate(
+            n=Count("pk"),
+            oldest=Subquery(oldest_due),
+            blocked=Subquery(blocked, output_field=IntegerField()),
+        )
+    )
     counts = {status.value: 0 for status in JobStatus}
     oldest_age = 0.0
+    blocked_count = 0
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+        blocked_count = row["blocked"] or 0
         oldest = row["oldest"]
         if oldest is not None:
             if isinstance(oldest, str):  # SQLite may hand back the raw text of an expression
                 oldest = datetime.fromisoformat(oldest)
             oldest_age = max(oldest_age, (now - oldest).total_seconds())
-    return counts, oldest_age
+    return counts, oldest_age, blocked_count
 
 
 def _host_rows(host_names: Iterable[str] | None) -> list[tuple[str, int, int]]:
@@ -161,21 +186,27 @@ class JobsCollector(Collector):
         *,
         host_names: Iterable[str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        enabled: Callable[[], bool] | None = None,
     ) -> None:
         #: only these hosts (the daemon's ``--host`` filter); None = every active host.
         self.host_names = tuple(host_names) if host_names else None
         self._clock = clock
+        #: with several replicas only the leader reads the job table (the same numbers from every
+        #: replica would be counted once per replica): the others export none of these families.
+        self.enabled = enabled
 
     def describe(self) -> Iterable[Metric]:
         # Lets the registry check names at registration without running the queries.
         return list(_families().values())
 
     def collect(self) -> Iterator[Metric]:
+        if self.enabled is not None and not self.enabled():
+            return
         families = _families()
         started = time.perf_counter()
         try:
             now = self._clock() if self._clock else _now()
-            counts, oldest_age = _job_rows(now)
+            counts, oldest_age, blocked = _job_rows(now)
             hosts = _host_rows(self.host_names)
         except Exception as exc:  # the database is down: serve the rest of the scrape
             log.warning("job metrics unavailable", error=f"{type(exc).__name__}: {exc}")
@@ -184,6 +215,7 @@ class JobsCollector(Collector):
             for status, count in sorted(counts.items()):
                 families[JOBS].add_metric([status], float(count))
             families[OLDEST_DUE].add_metric([], max(0.0, oldest_age))
+            families[WAITING_ON_DEPENDENCIES].add_metric([], float(blocked))
             for name, running, capacity in hosts:
                 families[HOST_RUNNING].add_metric([name], float(running))
                 families[HOST_CAPACITY].add_metric([name], float(capacity))
@@ -209,6 +241,8 @@ def register(registry: CollectorRegistry, **kwargs: Any) -> JobsCollector:
         if existing is not None:
             if "host_names" in kwargs:
                 existing.host_names = tuple(kwargs["host_names"]) if kwargs["host_names"] else None
+            if "enabled" in kwargs:
+                existing.enabled = kwargs["enabled"]
             return existing
         collector = JobsCollector(**kwargs)
         registry.register(collector)

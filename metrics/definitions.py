@@ -124,6 +124,17 @@ ORPHANS_REMOVED = Counter(
     registry=REGISTRY,
 )
 LEADER = Gauge("container_manager_leader", "1 while this daemon holds leadership, else 0.", registry=REGISTRY)
+HOSTS_OWNED = Gauge(
+    "container_manager_hosts_owned",
+    "Executor hosts this replica drives now (holds the lease of).",
+    registry=REGISTRY,
+)
+HOST_LEASE_CHANGES = Counter(
+    "container_manager_host_lease_changes_total",
+    "Host leases this replica gained or lost (hand-overs, takeovers, expiries).",
+    ["change"],
+    registry=REGISTRY,
+)
 LAST_PASS = Gauge(
     "container_manager_last_resync_timestamp_seconds",
     "Unix time of the last completed full resync pass.",
@@ -136,7 +147,24 @@ RESYNC_INTERVAL = Gauge(
     registry=REGISTRY,
 )
 
+SCHEDULE_TICKS = Counter(
+    "container_manager_schedule_ticks_total",
+    "Due schedule ticks, by outcome: created (a job), duplicate (another replica created it), "
+    "forbidden (concurrency_policy=forbid and a run unfinished), missed (past "
+    "starting_deadline_seconds, or overtaken by a later tick while nothing ran), invalid (the job "
+    "would be refused), error.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SCHEDULE_LAG = Histogram(
+    "container_manager_schedule_lag_seconds",
+    "Time from a schedule's tick to the creation of its job.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+
 EXECUTOR_KINDS = ("docker", "cloudrun", "mock")
+TICK_OUTCOMES = ("created", "duplicate", "forbidden", "missed", "invalid", "error")
 OUTCOMES = tuple(s.value for s in ExecutionStatus if s.is_terminal)
 REASONS = tuple(r.value for r in Reason)
 JOB_STATUSES = tuple(s.value for s in JobStatus if s.is_terminal)
@@ -167,6 +195,10 @@ def zero_initialise(hosts: Iterable[str] = ()) -> None:
         RETRIES_SCHEDULED.labels(reason)
     for kind in ("executor_transient", "executor_permanent", "database", "internal"):
         RECONCILE_ERRORS.labels(kind)
+    for change in ("gained", "lost"):
+        HOST_LEASE_CHANGES.labels(change)
+    for outcome in TICK_OUTCOMES:
+        SCHEDULE_TICKS.labels(outcome)
     for host in hosts:
         EVENT_STREAM_RECONNECTS.labels(host)
         HOST_HEALTHY.labels(host)

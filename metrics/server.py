@@ -155,7 +155,9 @@ class MetricsServer:
         # ``_created`` series double the series count and Prometheus 2 stores them as gauges.
         disable_created_metrics()
         options = getattr(self.daemon, "options", None)
-        collector.register(self.registry, host_names=getattr(options, "host_names", None) or None)
+        collector.register(
+            self.registry, host_names=getattr(options, "host_names", None) or None, enabled=self.is_leader
+        )
         self._httpd = _Server((self.addr, self.requested_port), self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="cm-metrics", daemon=True
@@ -233,9 +235,11 @@ class MetricsServer:
             hosts = self._check_hosts()
             if "healthy" not in hosts.values():
                 problems.append("no healthy executor host")
+        scope = getattr(self.daemon, "host_scope", None)
         payload = {
             "ready": not problems,
-            "role": "leader" if self.is_leader() else "standby",
+            "role": "leader" if self.is_leader() else "replica",
+            "hosts": scope.describe() if scope is not None else "every host",
             "database": database,
             "executors": hosts,
             "problems": problems,

@@ -8,6 +8,13 @@ the jobs, one INSERT of their attempt rows (the write-ahead record, with the con
 and one INSERT of their history. The daemon runs it as a key of its own in the work queue, so
 a burst of new rows costs a few statements instead of a step per row, and the claimed jobs go
 to the workers with their snapshots (nothing is read back).
+
+Workflows live in the same query. A job waits (is not due) while a job it depends on is
+unfinished; once one ended other than ``completed``, the query says which, and ``decide()``
+cancels the job (``dependency_failed``) whether or not a slot is free; its own dependents
+follow in the next claim, which is asked for at once. A job of an array whose ``parallelism``
+is reached is left out by the query, and a batch never takes more of one array than it has room
+for.
 """
 
 from __future__ import annotations
@@ -18,17 +25,19 @@ from datetime import datetime
 
 import structlog
 from django.db import connection, transaction
-from django.db.models import F, Q, Value
+from django.db.models import Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from container_manager.conf import Policy
-from container_manager.models import ContainerExecution, ContainerJob
-from container_manager.states import ExecutionStatus, JobStatus
-from container_manager.transitions import Move, check_fence, transition_many
+from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
+from container_manager.querysets import failed_dependency_annotations
+from container_manager.states import LIVE, ExecutionStatus, JobStatus
+from container_manager.transitions import Move, check_fence, fenced_for, transition_many
 from executors.types import ContainerSpec
+from metrics import definitions as m
 from reconciler import decide as d
 from reconciler import record
-from reconciler.hosts import assign, lock_hosts
+from reconciler.hosts import HostSlots, assign, lock_hosts
 from reconciler.snapshot import Snapshot, job_view
 from reconciler.spec import spec_or_problem
 
@@ -52,77 +61,16 @@ def claim_due(
     decide_policy: d.DecidePolicy,
     now: datetime,
     limit: int,
-    host_names: Collection[str] | None = None,
+    scope: Q | None = None,
     job_ids: Collection[int] | None = None,
 ) -> Claimed:
-    """Claim up to ``limit`` due jobs (all due ones, or only ``job_ids``) onto hosts with free slots."""
+    """Claim up to ``limit`` due jobs (all, or only ``job_ids``) onto free slots of the hosts in
+    ``scope`` (the ones this replica drives); the writes are fenced by those hosts' leases."""
     result = Claimed()
     with transaction.atomic():
-        check_fence()
-        hosts = lock_hosts(host_names)
-        slots = [s for _, s in hosts]
-        open_hosts = [s.pk for s in slots if s.free > 0]
-        if not open_hosts:
-            return result
-        due = ContainerJob.objects.due(now).select_related("environment_template")
-        due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True))
-        if job_ids is not None:
-            due = due.filter(pk__in=list(job_ids))
-        if connection.features.has_select_for_update_skip_locked:
-            due = due.select_for_update(skip_locked=True, of=("self",))
-        size = min(limit, sum(s.free for s in slots))
-        rows = list(due[:size])
-        result.more = len(rows) == size
-        candidates: list[tuple[ContainerJob, ContainerSpec]] = []
-        for job in rows:
-            spec, problem = spec_or_problem(job, job.attempts + 1, policy)
-            decision = d.decide(
-                job_view(job, policy), None, d.Facts(spec_problem=problem), now, decide_policy
-            )
-            if isinstance(decision, d.SettleJob):
-                if record.settle_job(Snapshot(job, None), decision.outcome, actor=actor, now=now):
-                    result.settled.append(job.pk)
-                    log.warning(
-                        "job ended before a claim", job_id=job.pk, reason=decision.outcome.reason.value
-                    )
-            elif isinstance(decision, d.StartAttempt) and spec is not None:
-                candidates.append((job, spec))
-        placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
-        result.more = result.more or len(placed) < len(candidates)
-        by_pk = {host.pk: host for host, _ in hosts}
-        chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
-        if not chosen:
-            return result
-        moves = [
-            Move(
-                job.pk, JobStatus(job.status), job.attempts + 1, f"attempt {job.attempts + 1} on {host.name}"
-            )
-            for job, _, host in chosen
-        ]
-        limits = {
-            "attempts": F("attempts") + 1,
-            "memory_limit": Coalesce(F("memory_limit"), Value(policy.default_memory_mb)),
-            "cpu_limit": Coalesce(F("cpu_limit"), Value(policy.default_cpu)),
-            "timeout_seconds": Coalesce(F("timeout_seconds"), Value(policy.default_timeout_seconds)),
-        }
-        if not transition_many(
-            moves, JobStatus.LAUNCHING, actor=actor, fields=limits, now=now, savepoint=False
-        ):
-            # Rows are locked (PostgreSQL) or writes serialised (SQLite): only a bug gets here.
-            raise RuntimeError("a claimed job changed under its lock")
-        executions = ContainerExecution.objects.bulk_create(
-            ContainerExecution(
-                job_id=job.pk,
-                attempt=job.attempts + 1,
-                executor_host=host,
-                host_name=host.name,
-                executor_type=host.executor_type,
-                container_name=spec.name,
-                status=ExecutionStatus.LAUNCHING.value,
-                created_at=now,
-            )
-            for job, spec, host in chosen
-        )
+        hosts = lock_hosts(scope)
+        with fenced_for(*(host.pk for host, _ in hosts)):
+            chosen, executions = _claim(result, hosts, actor, policy, decide_policy, now, limit, job_ids)
     for (job, spec, _host), execution in zip(chosen, executions, strict=True):
         job.status = JobStatus.LAUNCHING.value
         job.attempts += 1
@@ -133,3 +81,137 @@ def claim_due(
         result.snapshots.append(Snapshot(job, execution, spec))
         log.info("attempt claimed", job_id=job.pk, attempt=job.attempts, host=execution.host_name)
     return result
+
+
+def _claim(
+    result: Claimed,
+    hosts: list[tuple[ExecutorHost, HostSlots]],
+    actor: str,
+    policy: Policy,
+    decide_policy: d.DecidePolicy,
+    now: datetime,
+    limit: int,
+    job_ids: Collection[int] | None,
+) -> tuple[list[tuple[ContainerJob, ContainerSpec, ExecutorHost]], list[ContainerExecution]]:
+    """The claim itself, inside its transaction with the hosts locked: (claims, attempt rows)."""
+    check_fence()
+    slots = [s for _, s in hosts]
+    open_hosts = [s.pk for s in slots if s.free > 0]
+    ended = Q(failed_dependency__isnull=False)
+    due = _due(now, job_ids)
+    if open_hosts:
+        size = min(limit, sum(s.free for s in slots))
+        due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True) | ended)
+    else:
+        # No slot: only jobs that end without running can be settled.
+        size = limit
+        due = due.filter(ended)
+    rows = list(due[:size])
+    result.more = len(rows) == size
+    room: dict[int, int] = {}
+    candidates: list[tuple[ContainerJob, ContainerSpec]] = []
+    for job in rows:
+        spec, problem = spec_or_problem(job, job.attempts + 1, policy)
+        facts = d.Facts(spec_problem=problem, dependency_failed=_dependency_failure(job))
+        decision = d.decide(job_view(job, policy), None, facts, now, decide_policy)
+        if isinstance(decision, d.SettleJob):
+            if record.settle_job(Snapshot(job, None), decision.outcome, actor=actor, now=now):
+                result.settled.append(job.pk)
+                m.JOBS_FINISHED.labels(decision.outcome.status.value, decision.outcome.reason.value).inc()
+                log.info("job ended before a claim", job_id=job.pk, reason=decision.outcome.reason.value)
+                # Jobs that depend on this one may be due now (to be cancelled in turn).
+                result.more = True
+        elif isinstance(decision, d.StartAttempt) and spec is not None and open_hosts:
+            if not _take_array_slot(job, room):
+                result.more = True  # the claims of this batch filled the array's room
+                continue
+            candidates.append((job, spec))
+    placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
+    result.more = result.more or len(placed) < len(candidates)
+    by_pk = {host.pk: host for host, _ in hosts}
+    chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
+    if not chosen:
+        return [], []
+    moves = [
+        Move(job.pk, JobStatus(job.status), job.attempts + 1, f"attempt {job.attempts + 1} on {host.name}")
+        for job, _, host in chosen
+    ]
+    limits = {
+        "attempts": F("attempts") + 1,
+        "memory_limit": Coalesce(F("memory_limit"), Value(policy.default_memory_mb)),
+        "cpu_limit": Coalesce(F("cpu_limit"), Value(policy.default_cpu)),
+        "timeout_seconds": Coalesce(F("timeout_seconds"), Value(policy.default_timeout_seconds)),
+    }
+    if not transition_many(moves, JobStatus.LAUNCHING, actor=actor, fields=limits, now=now, savepoint=False):
+        # Rows are locked (PostgreSQL) or writes serialised (SQLite): only a bug gets here.
+        raise RuntimeError("a claimed job changed under its lock")
+    executions = ContainerExecution.objects.bulk_create(
+        ContainerExecution(
+            job_id=job.pk,
+            attempt=job.attempts + 1,
+            executor_host=host,
+            host_name=host.name,
+            executor_type=host.executor_type,
+            container_name=spec.name,
+            status=ExecutionStatus.LAUNCHING.value,
+            created_at=now,
+        )
+        for job, spec, host in chosen
+    )
+    return chosen, executions
+
+
+def _due(now: datetime, job_ids: Collection[int] | None) -> QuerySet[ContainerJob]:
+    """Due jobs in claim order, with their dependency fact and their array's room, locked as read.
+
+    One statement: correlated subqueries (answered from the dependency table's unique index and
+    the partial index on jobs of arrays) say whether a dependency ended other than ``completed``
+    and how many of the job's array run; jobs of an array already at its ``parallelism`` are
+    left out unless they are to be settled.
+    """
+    running = (
+        ContainerJob.objects.filter(array_id=OuterRef("array_id"), status__in=[s.value for s in LIVE])
+        .order_by()
+        .values("array_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    due = (
+        ContainerJob.objects.due(now)
+        .select_related("environment_template", "array")
+        .annotate(
+            **failed_dependency_annotations(),
+            array_running=Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
+        )
+        .filter(
+            Q(array__isnull=True)
+            | Q(array__parallelism__isnull=True)
+            | Q(array_running__lt=F("array__parallelism"))
+            | Q(failed_dependency__isnull=False)
+        )
+    )
+    if job_ids is not None:
+        due = due.filter(pk__in=list(job_ids))
+    if connection.features.has_select_for_update_skip_locked:
+        due = due.select_for_update(skip_locked=True, of=("self",))
+    return due
+
+
+def _dependency_failure(job: ContainerJob) -> str:
+    """The fact ``decide()`` takes: which dependency did not complete, and how it ended."""
+    failed = getattr(job, "failed_dependency", None)
+    if failed is None:
+        return ""
+    return f"job {failed}, which this job depends on, ended {getattr(job, 'failed_dependency_status', '')}"
+
+
+def _take_array_slot(job: ContainerJob, room: dict[int, int]) -> bool:
+    """Count a claim against the job's array; False when this batch already filled its room."""
+    array = job.array
+    if array is None or array.parallelism is None:
+        return True
+    left = room.setdefault(array.pk, array.parallelism - getattr(job, "array_running", 0))
+    if left <= 0:
+        return False
+    room[array.pk] = left - 1
+    return True

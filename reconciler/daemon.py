@@ -1,9 +1,10 @@
-"""The long-running daemon: sources feed a work queue, a worker pool runs one-job steps.
+"""The long-running daemon: lifecycle, leadership, the watchdog, and the workers.
 
-Sources only enqueue job ids: the new-row poller (and PostgreSQL LISTEN/NOTIFY), executor
-event watchers, the periodic full resync (which also sweeps orphans and re-probes unhealthy
-hosts), and the step's own "look again in N seconds" timers. Because the queue never hands
-one key to two workers and every step re-reads the rows, losing any event only delays
+Sources (``reconciler.sources``) only add keys to one work queue; workers take keys and run the
+step each one names: a job's step (``reconciler.step``), the batch claim, the batch cleanup, or
+a host's step (``reconciler.host_step``: health, event watcher, orphans). A step answers with an
+``Outcome``; ``RequeueAfter`` puts its key back after that delay. Because the queue never hands
+one key to two workers and the resync brings every key back, losing any event only delays
 convergence until the next resync.
 
 With several replicas on one database only the leader runs sources and workers
@@ -32,21 +33,30 @@ from django.db.models import Q
 from django.utils import timezone
 
 from container_manager.conf import Policy, get_policy
-from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost, HealthStatus
-from container_manager.states import LIVE, LIVE_EXECUTION_VALUES, JobStatus
+from container_manager.models import ContainerJob, ExecutorHost
+from container_manager.states import LIVE, JobStatus
 from container_manager.transitions import Fenced, set_fence
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
-from executors.types import EventKind
 from metrics import definitions as m
-from reconciler import notify, record, sdnotify
+from reconciler import notify, record, schedules, sdnotify
 from reconciler.cleanup import Cleaner
 from reconciler.decide import backoff_seconds
-from reconciler.leader import DEFAULT_LEASE_NAME, DEFAULT_TTL, Elector, guarded_executors, make_elector
-from reconciler.orphans import census
+from reconciler.host_step import HostReconciler
+from reconciler.keys import CLAIM, CLEANUP, SCHEDULES, HostKey
+from reconciler.leader import (
+    DEFAULT_LEASE_NAME,
+    DEFAULT_TTL,
+    Elector,
+    LeaseElector,
+    connect_for_leases,
+    make_elector,
+)
 from reconciler.outcome import DONE, Outcome, RequeueAfter
 from reconciler.queue import ShutDown, WorkQueue
+from reconciler.shards import AllHosts, HostScope, HostShards, guard_hosts
+from reconciler.sources import Sources
 from reconciler.step import Reconciler
 
 log = structlog.get_logger("reconciler.daemon")
@@ -57,9 +67,6 @@ LEADERSHIP_LOST_EXIT = 75
 STALE_AFTER_RESYNCS = 3.0
 #: seconds between two STATUS= updates while nothing changes.
 STATUS_EVERY = 10.0
-#: work-queue keys of the daemon's own, beside job ids: claim due jobs; remove finished containers.
-CLAIM = "claim"
-CLEANUP = "cleanup"
 #: finished containers are removed in batches, at most this long after their attempt ended.
 CLEANUP_DELAY_SECONDS = 0.25
 #: a job whose step raised this many times in a row is failed (``reconcile_error``).
@@ -67,8 +74,6 @@ STEP_FAILURE_LIMIT = 5
 #: backoff between two tries of a step that raised.
 STEP_RETRY_BASE_SECONDS = 1.0
 STEP_RETRY_MAX_SECONDS = 60.0
-#: with the NOTIFY listener connected, polling is only a safety net: at most this often.
-LISTENING_POLL_SECONDS = 5.0
 #: a worker checks its database connection (and drops a broken one) at most this often.
 CONNECTION_CHECK_SECONDS = 10.0
 
@@ -117,8 +122,11 @@ class Daemon:
             ttl=self.options.lease_seconds,
             oneshot=self.options.once,
         )
-        if self.elector.needs_fence:
-            executor_for = guarded_executors(executor_for, self.elector)
+        #: the hosts this replica drives: a share of them, through host leases (PostgreSQL with
+        #: election), or every one (a single replica: SQLite, --leader-election off, --once).
+        self.host_scope: HostScope = self._make_scope()
+        if isinstance(self.host_scope, HostShards):
+            executor_for = guard_hosts(executor_for, self.host_scope)
         self.executor_for = executor_for
         self.notifier = sdnotify.Notifier.from_environ()
         self.queue = WorkQueue()
@@ -130,7 +138,7 @@ class Daemon:
             actor=self.options.actor,
             policy=self.policy,
             executor_for=executor_for,
-            host_names=self.options.host_names or None,
+            hosts=self.host_scope,
             cache=True,
             request_claim=self._request_claim,
             cleaner=self.cleaner,
@@ -138,23 +146,33 @@ class Daemon:
         # An attempt that ends frees a slot: claim at once to fill it.
         self.reconciler.on_slot_freed = self._request_claim
         self.stop_event = threading.Event()
-        self.resync_now = threading.Event()
         #: a source or worker thread died: the daemon stops and exits non-zero.
         self.crashed = False
-        #: wakes the poller early (a stop was requested).
-        self.poll_now = threading.Event()
-        #: the NOTIFY listener is connected: polling can slow down.
-        self.listening = threading.Event()
         self._local = threading.local()
         self._threads: list[threading.Thread] = []
-        self._watchers: dict[int, threading.Thread] = {}
-        self._orphans_seen: dict[tuple[int, str], float] = {}
         self._failures: dict[Any, int] = {}
         #: monotonic time of the last completed loop activity, for /healthz.
         self.last_pass = time.monotonic()
         self.ready = threading.Event()
         self.resync_seconds = self.options.resync_seconds or self.policy.resync_seconds
         self.poll_seconds = self.options.poll_seconds or self.policy.poll_seconds
+        self.sources = Sources(
+            self.queue,
+            forget=self.reconciler.forget,
+            stop=self.stop_event,
+            poll_seconds=self.poll_seconds,
+            resync_seconds=self.resync_seconds,
+            hosts=self.host_scope,
+            instance=self.policy.instance,
+        )
+        self.sources.on_resync = self._resynced
+        self.hosts = HostReconciler(
+            policy=self.policy,
+            executor_for=executor_for,
+            queue=self.queue,
+            start_watcher=None if self.options.once else self._start_watcher,
+            hosts=self.host_scope,
+        )
         #: the watchdog is pinged only while ``last_pass`` is younger than this (as /healthz).
         self.stale_after = STALE_AFTER_RESYNCS * self.resync_seconds
         self._status = ("", 0.0)
@@ -181,24 +199,26 @@ class Daemon:
             self.shutdown()
             return 0
         m.zero_initialise(self._hosts().values_list("name", flat=True))
+        # SQLite: refuses to start beside another daemon. PostgreSQL: campaigns in the background
+        # for the leader's duties (the job-table metrics); every replica drives its hosts.
         self.elector.start()
-        if self.elector.needs_fence:
-            set_fence(self.elector.fence)
+        self.host_scope.start()
+        if isinstance(self.host_scope, HostShards):
+            set_fence(self._fence)
         try:
-            if not self._wait_for_leadership():
-                return 0
-            self._start(self._resync_loop, "resync")
-            self._start(self._poll_loop, "poller")
+            self._start(self.sources.resync_loop, "resync")
+            self._start(lambda: self.sources.poll_loop(paused=lambda: self.reconciler.draining), "poller")
             if notify.is_postgres():
-                self._start(self._listen_loop, "listener")
+                self._start(self.sources.listen_loop, "listener")
             for index in range(max(1, self.options.workers)):
                 self._start(self._worker_loop, f"worker-{index}")
+            self.queue.add(SCHEDULES)
             self._announce_ready()
             log.info(
                 "daemon started",
                 workers=self.options.workers,
                 actor=self.options.actor,
-                hosts=list(self.options.host_names) or "all",
+                hosts=self.host_scope.describe(),
                 role=self.elector.describe(),
             )
             return self._lead()
@@ -209,8 +229,8 @@ class Daemon:
         """Graceful stop: claim nothing new, let in-flight steps finish, then exit."""
         self.reconciler.draining = True
         self.stop_event.set()
-        self.resync_now.set()  # wakes the resync loop so it sees the stop at once
-        self.poll_now.set()
+        self.sources.wake()  # the resync and poll loops see the stop at once
+        self.hosts.close()
         if not self._stopping_sent:
             self._stopping_sent = True
             self.notifier.stopping("stopping: finishing in-flight steps; containers keep running")
@@ -220,18 +240,19 @@ class Daemon:
         self.queue.shutdown()
         deadline = time.monotonic() + timeout
         tick = self._tick()
-        for thread in self._threads + list(self._watchers.values()):
+        for thread in self._threads + self.hosts.watchers():
             while thread.is_alive() and time.monotonic() < deadline:
                 # Keep the watchdog fed while draining: the loop is alive, just finishing work.
                 thread.join(min(tick, max(0.0, deadline - time.monotonic())))
                 if self.notifier.ping_due(slack=tick / 2):
                     self.notifier.ping()
-        if len(self.cleaner) and self.elector.is_leader() and not self.elector.lost:
-            # Removals noted but not yet done (they wait a moment to be batched): do them now.
+        if len(self.cleaner) and not self.elector.lost:
+            # Removals noted but not yet done (they wait a moment to be batched): do them now
+            # (for the hosts this replica still holds; the others' drivers clean theirs).
             self._guarded("cleanup", self.cleaner.run)
-        if self.elector.needs_fence:
-            set_fence(None)
-        # Only now, with every fenced write done, hand the lease over (at once, not after TTL).
+        set_fence(None)
+        # Only now, with every fenced write done, hand the leases over (at once, not after TTL).
+        self.host_scope.stop(release=not self.elector.lost)
         self.elector.stop(release=not self.elector.lost)
         # The thread that ran the daemon used the database too (start-up, idle checks); its
         # connection would otherwise outlive the daemon when run() is called from a thread.
@@ -289,34 +310,14 @@ class Daemon:
             down.append(host.name)
         return down or None
 
-    def _wait_for_leadership(self) -> bool:
-        """Standby until the lease is ours; False if a stop was requested meanwhile."""
-        if self.elector.wait_leading(0):
-            return not self.stop_event.is_set()
-        self._announce_ready()
-        log.info("standing by", role=self.elector.describe())
-        while not self.elector.wait_leading(self._tick()):
-            if self.stop_event.is_set():
-                return False
-            # The election loop is this replica's work while standing by.
-            self.last_pass = max(self.last_pass, self.elector.heartbeat())
-            self._set_status(self.elector.describe())
-            self._feed_watchdog()
-            if self.options.until_idle and self._idle():
-                log.info("no unfinished jobs left (another replica did the work); exiting")
-                return False
-        log.info("leading", role=self.elector.describe())
-        self.last_pass = time.monotonic()
-        return not self.stop_event.is_set()
-
     def _lead(self) -> int:
-        """The main loop while leading: watch leadership, feed the watchdog, detect idleness."""
+        """The main loop: watch the leases, feed the watchdog, detect idleness."""
         while not self.stop_event.wait(self._tick()):
             if self.elector.lost:
                 break
             self._feed_watchdog()
             self._set_status(
-                f"{self.elector.describe()}: {len(self.queue)} queued, "
+                f"{self.elector.describe()}; {self.host_scope.describe()}: {len(self.queue)} queued, "
                 f"last pass {time.monotonic() - self.last_pass:.0f} s ago",
                 every=STATUS_EVERY,
             )
@@ -383,9 +384,10 @@ class Daemon:
         return thread
 
     def _run_once(self) -> int:
-        """Claim what can be claimed, take every job with work one step further, clean up, exit."""
+        """Claim what can be claimed, take every job and host with work one step further, exit."""
+        self.queue.add(SCHEDULES)  # first: the jobs of due ticks are then claimed in this pass
         self.queue.add(CLAIM)
-        for job_id in self._work_ids():
+        for job_id in self.sources.work_ids():
             self.queue.add(job_id)
         done: set[Any] = set()
         while True:
@@ -401,9 +403,11 @@ class Daemon:
                         self.queue.add(CLAIM)
             finally:
                 self.queue.done(key)
-        # Removals wait a moment to be batched; a single pass does them before it ends.
+        # Removals wait a moment to be batched; a single pass does them before it ends, then
+        # takes each host's census (which may find more to remove).
         self._guarded("cleanup", self.cleaner.run)
-        self.sweep_orphans()
+        for host_pk in self.sources.host_pks():
+            self._process(HostKey(host_pk))
         return 0
 
     def _request_claim(self) -> None:
@@ -439,6 +443,10 @@ class Daemon:
             return self._guarded("claim", self._claim)
         if key == CLEANUP:
             return self._guarded("cleanup", self.cleaner.run)
+        if key == SCHEDULES:
+            return self._guarded("schedules", lambda: schedules.step(actor=self.options.actor))
+        if isinstance(key, HostKey):
+            return self._guarded(key, lambda: self.hosts.reconcile(key.pk))
         # Every log record of this step (stdlib ones too) carries the job id.
         with structlog.contextvars.bound_contextvars(job_id=key):
             return self._step(key)
@@ -449,12 +457,12 @@ class Daemon:
             self.queue.add(snap.job.pk)
         return RequeueAfter(0.0, "more due jobs") if claimed.more else DONE
 
-    def _guarded(self, what: str, run: Callable[[], Outcome]) -> Outcome:
+    def _guarded(self, what: Any, run: Callable[[], Outcome]) -> Outcome:
         try:
             outcome = run()
             self._failures.pop(what, None)
         except Fenced:
-            log.warning("write refused: this replica no longer leads", work=what)
+            log.warning("write refused: this replica no longer holds the lease", work=what)
             return RequeueAfter(1.0, "fenced")
         except Exception as exc:
             return self._failed(what, exc)
@@ -466,8 +474,8 @@ class Daemon:
             outcome = self.reconciler.reconcile(job_id)
             self._failures.pop(job_id, None)
         except Fenced:
-            # Leadership is gone: write nothing more; the main loop stops the daemon.
-            log.warning("write refused: this replica no longer leads", job_id=job_id)
+            # The host's lease (or leadership) is gone: write nothing more about it.
+            log.warning("write refused: this replica no longer holds the lease", job_id=job_id)
             return RequeueAfter(1.0, "fenced")
         except Exception as exc:
             self.reconciler.forget(job_id)
@@ -478,10 +486,11 @@ class Daemon:
         return outcome
 
     def _failed(self, key: Any, exc: Exception) -> Outcome:
-        if not self.elector.is_leader():
-            # e.g. the session of a leader paused inside a transaction was ended by the server.
-            log.warning("step abandoned: this replica no longer leads", work=key, error=str(exc))
-            return RequeueAfter(1.0, "not leading")
+        if self.elector.lost:
+            # e.g. the session of a leader paused inside a transaction was ended by the server;
+            # the main loop stops the daemon, and this is not the work's fault.
+            log.warning("step abandoned: this replica lost its lease", work=key, error=str(exc))
+            return RequeueAfter(1.0, "lease lost")
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         m.RECONCILE_ERRORS.labels("database" if _database_error(exc) else "internal").inc()
         log.exception("reconcile failed", work=key, failures=failures)
@@ -502,7 +511,41 @@ class Daemon:
             log.exception("could not fail the job after repeated step errors", job_id=job_id)
         return RequeueAfter(60.0, "giving up failed")
 
-    # Sources --------------------------------------------------------------------------
+    # Host leases ----------------------------------------------------------------------
+
+    def _make_scope(self) -> HostScope:
+        names = self.options.host_names or None
+        elector = self.elector
+        if isinstance(elector, LeaseElector) and not self.options.once:
+            return HostShards(
+                name=self.options.lease_name,
+                holder=elector.holder,
+                ttl=self.options.lease_seconds,
+                connect=lambda: connect_for_leases(elector),
+                on_change=self._hosts_changed,
+                host_names=names,
+            )
+        return AllHosts(names)
+
+    def _fence(self, hosts: tuple[int, ...]) -> bool:
+        """In a status-changing transaction: does this replica still hold these hosts' leases?"""
+        if not hosts:
+            return True  # a waiting job settled: the compare-and-swap alone keeps it right
+        assert isinstance(self.host_scope, HostShards)
+        with connections["default"].cursor() as cursor:
+            return self.host_scope.fence(hosts, cursor)
+
+    def _hosts_changed(self, gained: set[int], lost: set[int]) -> None:
+        """A host lease came or went: stop touching a lost host at once, look at a new one now."""
+        for pk in lost:
+            self.hosts.release(pk)
+            self.reconciler.forget_host(pk)
+        for pk in gained:
+            self.queue.add(HostKey(pk))
+        if gained:
+            self.sources.resync_now.set()  # its jobs, and due jobs for its free slots
+
+    # Sources and hosts -----------------------------------------------------------------
 
     def _hosts(self) -> Any:
         hosts = ExecutorHost.objects.filter(is_active=True)
@@ -510,157 +553,26 @@ class Daemon:
             hosts = hosts.filter(name__in=self.options.host_names)
         return hosts
 
-    def _work_ids(self) -> list[int]:
-        """Jobs with work beyond claiming: live or retrying ones, and finished ones not cleaned up.
+    def _start_watcher(self, host_name: str, executor: Executor, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.sources.watch,
+            args=(host_name, executor, stop),
+            name=f"cm-watch-{host_name}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
 
-        Due pending jobs are the claimer's (``CLAIM``), a statement for many rows.
-        """
-        busy = [s.value for s in (*LIVE, JobStatus.RETRYING)]
-        unfinished = list(ContainerJob.objects.filter(status__in=busy).values_list("id", flat=True))
-        dirty = ContainerExecution.objects.filter(cleaned_up=False).exclude(status__in=LIVE_EXECUTION_VALUES)
-        return unfinished + list(dirty.values_list("job_id", flat=True).distinct())
-
-    def _poll_loop(self) -> None:
-        while not self.stop_event.is_set():
-            close_old_connections()
-            if not self.reconciler.draining:
-                try:
-                    self.poll()
-                except Exception:
-                    # A passing database error must not stop pickup; the next poll retries.
-                    m.RECONCILE_ERRORS.labels("database").inc()
-                    log.exception("poll failed")
-            interval = self.poll_seconds
-            if self.listening.is_set():
-                interval = max(interval, LISTENING_POLL_SECONDS)
-            self.poll_now.wait(interval)
-            self.poll_now.clear()
-
-    def poll(self) -> None:
-        """The safety net for missed notifications: claim due jobs, and look at cancel requests.
-
-        Without PostgreSQL's NOTIFY (SQLite) this is how new rows and cancel requests are seen.
-        """
-        self.queue.add(CLAIM)
-        cancels = ContainerJob.objects.filter(
-            status__in=[s.value for s in LIVE], cancel_requested_at__isnull=False
-        ).values_list("id", flat=True)
-        for job_id in cancels:
-            self.reconciler.forget(job_id)
-            self.queue.add(job_id)
-
-    def _resync_loop(self) -> None:
-        while not self.stop_event.is_set():
-            close_old_connections()
-            try:
-                self.resync()
-            except Exception:
-                log.exception("resync failed")
-            self.resync_now.wait(self.resync_seconds)
-            self.resync_now.clear()
-
-    def resync(self) -> None:
-        """Full, level-triggered pass: enqueue all work, sweep orphans, re-probe hosts, start watchers."""
-        self.queue.add(CLAIM)
-        for job_id in self._work_ids():
-            self.reconciler.forget(job_id)
-            self.queue.add(job_id)
-        self.check_hosts()
-        self.sweep_orphans()
-        m.LAST_PASS.set(time.time())
+    def _resynced(self) -> None:
         self.last_pass = time.monotonic()
 
-    def check_hosts(self) -> None:
-        for host in self._hosts():
-            if host.health_status == HealthStatus.UNHEALTHY or host.last_health_check is None:
-                report = host.health_check(timeout=5.0)
-                m.HOST_HEALTHY.labels(host.name).set(1 if report.healthy else 0)
-            else:
-                m.HOST_HEALTHY.labels(host.name).set(1)
-            self._ensure_watcher(host)
+    def poll(self) -> None:
+        """Ask for a claim of due jobs, and look at live jobs whose cancellation was requested."""
+        self.sources.poll()
 
-    def _ensure_watcher(self, host: ExecutorHost) -> None:
-        thread = self._watchers.get(host.pk)
-        if thread is not None and thread.is_alive():
-            return
-        try:
-            executor = self.executor_for(host)
-        except ExecutorError:
-            return
-        if not executor.supports_events:
-            return
-        name = host.name
-
-        def watch() -> None:
-            while not self.stop_event.is_set():
-                try:
-                    for event in executor.watch(self.policy.instance, self.stop_event):
-                        m.EVENTS_RECEIVED.labels(name, event.kind.value).inc()
-                        if event.kind is EventKind.RESYNC:
-                            m.EVENT_STREAM_RECONNECTS.labels(name).inc()
-                            self.resync_now.set()
-                        elif event.job_id is not None and event.kind in (EventKind.DIED, EventKind.OOM):
-                            # Only exits need a look (starts and removals are our own doing), and
-                            # an exit is recorded before any launch waiting in the queue.
-                            self.queue.add(event.job_id, urgent=True)
-                except Exception as exc:
-                    log.warning("event stream failed; reconnecting", host=name, error=str(exc))
-                    m.EVENT_STREAM_RECONNECTS.labels(name).inc()
-                    self.resync_now.set()
-                    self.stop_event.wait(1.0)
-
-        thread = threading.Thread(target=watch, name=f"cm-watch-{name}", daemon=True)
-        thread.start()
-        self._watchers[host.pk] = thread
-
-    def sweep_orphans(self) -> None:
-        """Remove labelled containers that belong to no live attempt, after a grace period."""
-        now = time.monotonic()
-        seen: set[tuple[int, str]] = set()
-        for host in self._hosts():
-            try:
-                found = census(self.executor_for(host), self.policy.instance)
-            except ExecutorError as exc:
-                log.warning("cannot list containers", host=host.name, error=str(exc))
-                continue
-            for job_id in found.jobs_to_clean:
-                self.queue.add(job_id)
-            for name in found.orphans:
-                key = (host.pk, name)
-                seen.add(key)
-                first = self._orphans_seen.setdefault(key, now)
-                if now - first >= self.policy.orphan_grace_seconds:
-                    self._remove_orphan(host, name)
-                    self._orphans_seen.pop(key, None)
-        for key in set(self._orphans_seen) - seen:
-            self._orphans_seen.pop(key, None)
-
-    def _remove_orphan(self, host: ExecutorHost, name: str) -> None:
-        try:
-            self.executor_for(host).remove(name)
-        except ExecutorError as exc:
-            log.warning("cannot remove orphan", host=host.name, container=name, error=str(exc))
-            return
-        m.ORPHANS_REMOVED.labels(host.name).inc()
-        log.info("orphan container removed", host=host.name, container=name)
-
-    def _listen_loop(self) -> None:
-        def connected(up: bool) -> None:
-            if up:
-                self.listening.set()
-                self.resync_now.set()  # notifications sent while disconnected are lost
-            else:
-                self.listening.clear()
-
-        notify.listen(self._notified, self.stop_event, on_connection=connected)
-
-    def _notified(self, kind: str, job_id: int) -> None:
-        if kind == notify.NEW:
-            self._request_claim()
-            return
-        # A row changed from outside (a cancel request): what this process kept is stale.
-        self.reconciler.forget(job_id)
-        self.queue.add(job_id)
+    def resync(self) -> None:
+        """Every job with work, every host, and a claim, as the periodic resync does."""
+        self.sources.resync()
 
     def _idle(self) -> bool:
         """Nothing runs, waits for a retry or is due, and no key is queued or in progress.

@@ -77,8 +77,12 @@ class Facts:
     observed: Observed | None = None
     #: the executor could not be asked (a transient error): why.
     observe_error: str = ""
+    #: seconds the attempt's host has failed every call in a row (0: it answers).
+    host_down_seconds: float = 0.0
     #: why the job row cannot run as it is (it breaks a validation rule).
     spec_problem: str = ""
+    #: which job this one depends on ended other than ``completed``, and how.
+    dependency_failed: str = ""
     #: the last launch failed with a transient error: why.
     launch_error: str = ""
     #: the executor refused the launch for good (missing image, bad program): why.
@@ -100,6 +104,8 @@ class DecidePolicy:
     launch_deadline_seconds: float = 300.0
     #: wait after a transient executor error before trying again.
     transient_retry_seconds: float = 2.0
+    #: a launched container whose host has answered nothing for this long is lost.
+    host_lost_seconds: float = 120.0
     #: a backend that enforces the timeout itself gets this long past it before we stop the
     #: container ourselves (its own stop, and the report of it, come first).
     enforced_timeout_slack_seconds: float = 60.0
@@ -248,6 +254,11 @@ def decide(
 def _decide_waiting(job: JobView, facts: Facts, now: datetime) -> Decision:
     if job.cancel_requested:
         return SettleJob(JobOutcome(JobStatus.CANCELLED, Reason.CANCELLED, message="cancelled"))
+    if facts.dependency_failed:
+        # Its own dependents see a job that did not complete in turn: the chain ends pass by pass.
+        return SettleJob(
+            JobOutcome(JobStatus.CANCELLED, Reason.DEPENDENCY_FAILED, message=facts.dependency_failed)
+        )
     if facts.spec_problem:
         return SettleJob(JobOutcome(JobStatus.FAILED, Reason.INVALID_SPEC, message=facts.spec_problem))
     if job.run_after is not None and now < job.run_after:
@@ -294,11 +305,15 @@ def _decide_unreachable(
 ) -> Decision:
     """The executor cannot be asked about a launched container: wait, but not forever.
 
-    Past the attempt's own deadline (plus the launch deadline as slack) nothing could have been
-    enforced on it any more: the attempt is lost, and retried if the job allows.
+    Its host down for ``host_lost_seconds`` (a dead Docker daemon), or unreachable past the
+    attempt's own deadline (plus the launch deadline as slack: nothing could have been enforced on
+    it any more): the attempt is lost, and retried elsewhere if the job allows.
     """
     started = attempt.started_at or attempt.created_at
     give_up = started + timedelta(seconds=job.timeout_seconds + policy.launch_deadline_seconds)
+    if facts.host_down_seconds >= policy.host_lost_seconds:
+        message = f"the host has not answered for {facts.host_down_seconds:.0f} s: {facts.observe_error}"
+        return _unlaunched_end(job, ExecutionStatus.FAILED, Reason.LOST, message, now)
     if now >= give_up:
         message = f"the host could not be reached until past the attempt's deadline: {facts.observe_error}"
         return _unlaunched_end(job, ExecutionStatus.FAILED, Reason.LOST, message, now)

@@ -9,12 +9,13 @@ writers anyway. ``HostBreaker`` marks a host unhealthy after repeated transient 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 from django.db import connection
-from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from container_manager.models import ContainerExecution, ExecutorHost, HealthStatus
@@ -57,8 +58,9 @@ def assign(jobs: Sequence[tuple[int, int | None]], hosts: Sequence[HostSlots]) -
     return placed
 
 
-def lock_hosts(host_names: Collection[str] | None = None) -> list[tuple[ExecutorHost, HostSlots]]:
-    """Usable hosts (all, or the named ones) with their free slots, locked until the transaction ends.
+def lock_hosts(scope: Q | None = None) -> list[tuple[ExecutorHost, HostSlots]]:
+    """Usable hosts (of ``scope``: the ones this replica drives) with their free slots, locked until
+    the transaction ends.
 
     A host is usable while it is active and not known to be unhealthy: jobs pinned to an
     unhealthy host wait (pending) until the daemon's re-probe finds it healthy again, instead of
@@ -74,8 +76,8 @@ def lock_hosts(host_names: Collection[str] | None = None) -> list[tuple[Executor
     hosts = ExecutorHost.objects.available().annotate(
         running=Coalesce(Subquery(live, output_field=IntegerField()), Value(0))
     )
-    if host_names is not None:
-        hosts = hosts.filter(name__in=list(host_names))
+    if scope is not None:
+        hosts = hosts.filter(scope)
     if connection.features.has_select_for_update:
         hosts = hosts.select_for_update(of=("self",))
     result = []
@@ -94,12 +96,21 @@ class HostBreaker:
 
     threshold = 3
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._failures: dict[int, int] = {}
+        #: host pk -> when its current run of failures began.
+        self._down_since: dict[int, float] = {}
+        self.clock = clock
+
+    def down_for(self, host_id: int | None) -> float:
+        """Seconds the host has failed every call in a row (0 while it answers)."""
+        since = self._down_since.get(host_id) if host_id is not None else None
+        return 0.0 if since is None else self.clock() - since
 
     def failed(self, host_id: int | None, host_name: str, exc: ExecutorError) -> None:
         if host_id is None:
             return
+        self._down_since.setdefault(host_id, self.clock())
         count = self._failures[host_id] = self._failures.get(host_id, 0) + 1
         if count == self.threshold:
             ExecutorHost.objects.filter(pk=host_id).update(
@@ -108,6 +119,8 @@ class HostBreaker:
             log.warning("host marked unhealthy", host=host_name, failures=count)
 
     def succeeded(self, host_id: int | None) -> None:
+        if host_id is not None:
+            self._down_since.pop(host_id, None)
         if host_id is None or not self._failures.pop(host_id, 0):
             return
         ExecutorHost.objects.filter(pk=host_id, health_status=HealthStatus.UNHEALTHY).update(

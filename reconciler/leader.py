@@ -231,7 +231,7 @@ class LeaseElector(Elector):
         self.ttl = float(ttl)
         #: seconds between renewals (leader) and takeover attempts (standby).
         self.renew_every = renew_every or max(0.05, self.ttl / 5)
-        self._connect = connect or _default_connect
+        self._connect = connect or connect_for_leases
         self._conn: Any = None
         self._lock = threading.Lock()
         self._epoch: int | None = None
@@ -455,21 +455,22 @@ class LeaseElector(Elector):
 
 
 class GuardedExecutor:
-    """An executor whose state-changing calls (launch, stop, remove) first check that we lead.
+    """An executor whose state-changing calls (launch, stop, remove) are checked by ``guard`` first.
 
-    The check is local (the lease's monotonic bound, no database round trip); reads pass through.
+    The check is local (a lease's monotonic bound, no database round trip); reads pass through.
+    ``guard`` raises ``Fenced`` when this process may no longer act for the host.
     """
 
     GUARDED = frozenset({"launch", "stop", "remove"})
 
-    def __init__(self, inner: Any, elector: Elector) -> None:
+    def __init__(self, inner: Any, guard: Callable[[], None]) -> None:
         self._inner = inner
-        self._elector = elector
+        self._guard = guard
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._inner, name)
         if name in self.GUARDED:
-            guard = self._elector.guard
+            guard = self._guard
 
             def guarded(*args: Any, **kwargs: Any) -> Any:
                 guard()
@@ -477,15 +478,6 @@ class GuardedExecutor:
 
             return guarded
         return value
-
-
-def guarded_executors(executor_for: Callable[[Any], Any], elector: Elector) -> Callable[[Any], Any]:
-    """Wrap an ``executor_for(host)`` factory: every executor it makes is a ``GuardedExecutor``."""
-
-    def make(host: Any) -> Any:
-        return GuardedExecutor(executor_for(host), elector)
-
-    return make
 
 
 def session_options(elector: LeaseElector) -> str:
@@ -514,7 +506,7 @@ class LeaseCheck(Elector):
         return "one-shot pass (no daemon leads)"
 
 
-def _default_connect(elector: LeaseElector) -> Any:
+def connect_for_leases(elector: LeaseElector) -> Any:
     """A dedicated autocommit connection from Django's settings, with timeouts fit for the TTL."""
     import psycopg
     from django.db import connections

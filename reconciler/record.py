@@ -16,7 +16,7 @@ from django.db import transaction
 from container_manager.models import ContainerExecution, ContainerJob
 from container_manager.signals import job_launched, job_retry_scheduled
 from container_manager.states import LIVE_EXECUTION_VALUES, ExecutionStatus, JobStatus, Reason
-from container_manager.transitions import send_after_commit, transition
+from container_manager.transitions import fenced_for, send_after_commit, transition
 from executors.types import LogTail
 from reconciler import decide as d
 from reconciler.snapshot import Snapshot
@@ -207,7 +207,8 @@ def give_up(job_id: int, message: str, *, actor: str, now: datetime) -> bool:
         "failure_reason": Reason.RECONCILE_ERROR.value,
         "status_message": message[:MESSAGE_MAX],
     }
-    with transaction.atomic():
+    live = ContainerExecution.objects.filter(job_id=job_id, status__in=LIVE_EXECUTION_VALUES)
+    with transaction.atomic(), fenced_for(*live.values_list("executor_host_id", flat=True)):
         status = ContainerJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
         if status is None or JobStatus(status).is_terminal:
             return False

@@ -33,9 +33,22 @@ def describe_validation_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
+def job_identity_env(job: ContainerJob, attempt: int) -> dict[str, str]:
+    """What the container is told about itself: its job, its attempt and its place in an array.
+
+    Set over the job's own variables of the same names, so a container can rely on them.
+    """
+    env = {"CM_JOB_ID": str(job.pk), "CM_ATTEMPT": str(attempt)}
+    if job.array_index is not None and job.array_size is not None:
+        env["CM_ARRAY_INDEX"] = str(job.array_index)
+        env["CM_ARRAY_SIZE"] = str(job.array_size)
+    return env
+
+
 def build_spec(job: ContainerJob, attempt: int, policy: Policy) -> ContainerSpec:
     """Check the row and build attempt ``attempt``'s spec; raises ``ValidationError`` naming the field."""
     settings = launch_settings(job, policy)
+    env = {**settings.env, **job_identity_env(job, attempt)}
     labels = {
         LABEL_MANAGED: "true",
         LABEL_INSTANCE: policy.instance,
@@ -46,7 +59,7 @@ def build_spec(job: ContainerJob, attempt: int, policy: Policy) -> ContainerSpec
         name=container_name(policy.instance, job.pk, attempt),
         image=settings.image,
         command=settings.argv,
-        env=tuple(sorted(settings.env.items())),
+        env=tuple(sorted(env.items())),
         labels=tuple(sorted(labels.items())),
         memory_mb=settings.memory_mb,
         cpu=settings.cpu,

@@ -27,6 +27,7 @@ from django.utils import timezone
 from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerExecution, ExecutorHost
 from container_manager.states import JobStatus
+from container_manager.transitions import fenced_for
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
@@ -38,6 +39,7 @@ from reconciler.claim import Claimed, claim_due
 from reconciler.cleanup import Cleaner
 from reconciler.hosts import HostBreaker
 from reconciler.outcome import DONE, REREAD, Again, Done, Outcome, RequeueAfter
+from reconciler.shards import AllHosts, HostScope
 from reconciler.snapshot import Snapshot, attempt_view, job_view, read
 from reconciler.spec import spec_or_problem
 
@@ -63,6 +65,7 @@ class Reconciler:
         executor_for: Callable[[ExecutorHost], Executor] = get_executor,
         clock: Callable[[], datetime] = timezone.now,
         host_names: Collection[str] | None = None,
+        hosts: HostScope | None = None,
         cache: bool = False,
         request_claim: Callable[[], None] | None = None,
         cleaner: Cleaner | None = None,
@@ -73,17 +76,21 @@ class Reconciler:
             stop_grace_seconds=self.policy.stop_grace_seconds,
             resync_seconds=self.policy.resync_seconds,
             launch_deadline_seconds=self.policy.launch_deadline_seconds,
+            host_lost_seconds=self.policy.host_lost_seconds,
         )
         self.executor_for = executor_for
         self.clock = clock
-        self.host_names = frozenset(host_names) if host_names else None
+        #: the hosts this reconciler drives: every one (or those ``host_names`` lists), or the
+        #: share of the hosts this replica holds leases for.
+        self.hosts: HostScope = hosts if hosts is not None else AllHosts(host_names)
         #: when set, no new attempt is started (graceful shutdown).
         self.draining = False
         self.breaker = HostBreaker()
         #: the daemon claims in batches (its own queue key); without it a job claims itself.
         self.request_claim = request_claim
         self.cleaner = cleaner if cleaner is not None else Cleaner(executor_for)
-        #: called whenever an attempt ends, i.e. a host slot frees up (the daemon claims again).
+        #: called whenever an attempt or a job ends: a host slot frees up, or jobs that depend
+        #: on this one may be due (the daemon claims again).
         self.on_slot_freed: Callable[[], None] | None = None
         self._cache: dict[int, Snapshot] | None = {} if cache else None
 
@@ -110,7 +117,7 @@ class Reconciler:
             decide_policy=self.decide_policy,
             now=self.clock(),
             limit=limit,
-            host_names=self.host_names,
+            scope=self.hosts.host_q(),
             job_ids=job_ids,
         )
         if self._cache is not None:
@@ -144,7 +151,8 @@ class Reconciler:
             jv, av = job_view(snap.job, self.policy), attempt_view(execution)
             if d.needs_cleanup(av):
                 assert execution is not None
-                self.cleaner.submit(execution)
+                if self._drives(execution):  # else its host's driver cleans it up
+                    self.cleaner.submit(execution)
             if facts.observed is None and not facts.observe_error and d.needs_observation(jv, av):
                 facts = self._observe(snap, facts)
             decision = d.decide(jv, av, facts, self.clock(), self.decide_policy)
@@ -160,13 +168,23 @@ class Reconciler:
         return RequeueAfter(self.decide_policy.transient_retry_seconds, "the step did not settle")
 
     def _mine(self, snap: Snapshot) -> bool:
-        """With a host filter, only jobs pinned to, or running on, our hosts are ours."""
-        if self.host_names is None:
-            return True
-        if snap.execution is not None and snap.execution.host_name:
-            return snap.execution.host_name in self.host_names
-        host = snap.job.docker_host
-        return host is None or host.name in self.host_names
+        """Whether this reconciler drives the job: the host of its attempt, or, for a job waiting
+        for its next attempt, the host it is pinned to (an unpinned one is anyone's to claim)."""
+        job, execution = snap.job, snap.execution
+        if execution is not None and job.status not in (JobStatus.PENDING, JobStatus.RETRYING):
+            return self._drives(execution)
+        host = job.docker_host
+        return host is None or self.hosts.owns(host.pk, host.name)
+
+    def _drives(self, execution: ContainerExecution) -> bool:
+        return self.hosts.owns(execution.executor_host_id, execution.host_name)
+
+    def forget_host(self, host_pk: int) -> None:
+        """Drop the kept snapshots of jobs whose attempt is on ``host_pk`` (its lease was lost)."""
+        if self._cache is not None:
+            for job_id, snap in list(self._cache.items()):
+                if snap.execution is not None and snap.execution.executor_host_id == host_pk:
+                    self._cache.pop(job_id, None)
 
     def _executor(self, execution: ContainerExecution) -> Executor:
         host = execution.executor_host
@@ -182,7 +200,8 @@ class Reconciler:
             observed = executor.inspect(execution.container_name)
         except ExecutorError as exc:
             self._executor_failed(execution, "inspect", exc)
-            return replace(facts, observe_error=str(exc))
+            down = self.breaker.down_for(execution.executor_host_id)
+            return replace(facts, observe_error=str(exc), host_down_seconds=down)
         self.breaker.succeeded(execution.executor_host_id)
         return replace(facts, observed=observed, **_backend_facts(executor))
 
@@ -196,6 +215,13 @@ class Reconciler:
     # Acting: every action answers with an Outcome ------------------------------------
 
     def _act(self, snap: Snapshot, facts: d.Facts, action: d.Action) -> Outcome:
+        execution = snap.execution
+        host = execution.executor_host_id if execution is not None else None
+        # Every status change below is fenced by the lease of the attempt's host.
+        with fenced_for(host):
+            return self._dispatch(snap, facts, action)
+
+    def _dispatch(self, snap: Snapshot, facts: d.Facts, action: d.Action) -> Outcome:
         if isinstance(action, d.StartAttempt):
             return self._start_attempt(snap)
         if isinstance(action, d.SettleJob):
@@ -222,13 +248,17 @@ class Reconciler:
             return Again(claimed.snapshots[0])
         if claimed.settled:
             return REREAD
-        return RequeueAfter(NO_CAPACITY_RETRY, "no host has a free slot")
+        return RequeueAfter(
+            NO_CAPACITY_RETRY, "not claimable now: no free slot, an unfinished dependency or a full array"
+        )
 
     def _settle(self, snap: Snapshot, outcome: d.JobOutcome) -> Outcome:
         if not record.settle_job(snap, outcome, actor=self.actor, now=self.clock()):
             return REREAD
         if outcome.status.is_terminal:
             m.JOBS_FINISHED.labels(outcome.status.value, outcome.reason.value).inc()
+            if self.on_slot_freed is not None:
+                self.on_slot_freed()
         log.info("job settled", job_id=snap.job.pk, outcome=outcome.status.value, reason=outcome.reason.value)
         return Again(snap)
 

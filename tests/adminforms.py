@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The management forms of the job page's two inlines (attempts, history), both empty.
+#: The management forms of the job page's inlines (dependencies, attempts, history), all empty.
 INLINES = {
     f"{prefix}-{key}": value
-    for prefix in ("executions", "events")
+    for prefix in ("dependencies", "executions", "events")
     for key, value in (
         ("TOTAL_FORMS", "0"),
         ("INITIAL_FORMS", "0"),
@@ -34,3 +34,20 @@ def job_form(**fields: Any) -> dict[str, Any]:
     }
     data.update(fields)
     return data
+
+
+def admin_url(model: str, view: str, *args: Any) -> str:
+    """The admin URL of ``view`` (changelist, change, add, ...) of one of this app's models."""
+    from django.urls import reverse
+
+    return reverse(f"admin:container_manager_{model}_{view}", args=args)
+
+
+def log_in_with(client: Any, username: str, *codenames: str) -> Any:
+    """A staff user with exactly these permissions, logged in on ``client``."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, password="x", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return user

@@ -57,6 +57,14 @@ def mock_executor(mock_host):  # type: ignore[no-untyped-def]
     return mock_host.get_executor()
 
 
+@pytest.fixture
+def mock_world(clock: FakeClock):  # type: ignore[no-untyped-def]
+    """A reconciler on mock hosts and the test's clock, driven by the test."""
+    from tests.mockworld import MockWorld
+
+    return MockWorld(clock)
+
+
 #: Fixtures that give a test the database. (Not ``django_db_blocker``: pytest-django's autouse
 #: fixtures request it for every test.)
 _DB_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server", "admin_client", "admin_user"}

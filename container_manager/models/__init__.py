@@ -1,4 +1,5 @@
-"""The four models of the public API, the append-only job history and the daemons' lease.
+"""The four models of the public API, the append-only job history and the daemons' lease,
+and the workflow models: dependencies between jobs, job arrays and cron schedules.
 
 A ``ContainerJob`` row is desired state (image, command, limits, retry policy) plus a summary
 of observed state that only the reconciler writes, through compare-and-swap updates in
@@ -21,7 +22,9 @@ from container_manager.models.choices import (
 from container_manager.models.host import ExecutorHost, _default_max_concurrent_jobs, _protect_live_jobs
 from container_manager.models.job import MACHINE_FIELDS, USER_EDITABLE_FIELDS, ContainerJob
 from container_manager.models.records import ContainerExecution, JobEvent, LeaderLease
+from container_manager.models.schedule import ConcurrencyPolicy, JobSchedule
 from container_manager.models.template import EnvironmentVariableTemplate
+from container_manager.models.workflow import JobArray, JobDependency
 
 __all__ = [
     "EXECUTION_STATUS_CHOICES",
@@ -29,13 +32,17 @@ __all__ = [
     "MACHINE_FIELDS",
     "REASON_CHOICES",
     "USER_EDITABLE_FIELDS",
+    "ConcurrencyPolicy",
     "ContainerExecution",
     "ContainerJob",
     "EnvironmentVariableTemplate",
     "ExecutorHost",
     "ExecutorType",
     "HealthStatus",
+    "JobArray",
+    "JobDependency",
     "JobEvent",
+    "JobSchedule",
     "LeaderLease",
     "_default_max_concurrent_jobs",
     "_protect_live_jobs",

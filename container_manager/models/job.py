@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -64,6 +64,11 @@ MACHINE_FIELDS = (
     "updated_at",
     "rerun_of",
     "created_by",
+    "array",
+    "array_index",
+    "array_size",
+    "schedule",
+    "scheduled_for",
 )
 
 
@@ -141,6 +146,45 @@ class ContainerJob(models.Model):
     )
     created_by = models.CharField(max_length=150, blank=True, default="", db_default="")
 
+    # Workflows: fixed when the job is created (``depends_on`` may still grow while it is pending).
+    depends_on = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        through="container_manager.JobDependency",
+        through_fields=("job", "depends_on"),
+        related_name="dependents",
+        blank=True,
+        help_text="Start only after all of these jobs completed; if one ends otherwise, this one is "
+        "cancelled (dependency_failed).",
+    )
+    array = models.ForeignKey(
+        "container_manager.JobArray",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        editable=False,
+        db_index=False,  # the (array, array_index) constraint's index serves lookups
+    )
+    array_index = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="0..array_size-1; the container's CM_ARRAY_INDEX."
+    )
+    array_size = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="Jobs in the array; the container's CM_ARRAY_SIZE."
+    )
+    schedule = models.ForeignKey(
+        "container_manager.JobSchedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        editable=False,
+        db_index=False,  # the (schedule, scheduled_for) constraint's index serves lookups
+    )
+    scheduled_for = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The schedule's tick this job was created for."
+    )
+
     objects = ContainerJobQuerySet.as_manager()
 
     class Meta:
@@ -158,6 +202,15 @@ class ContainerJob(models.Model):
             models.Index(fields=["status"], name="cm_job_status_idx"),
             models.Index(fields=["created_at"], name="cm_job_created_idx"),
             models.Index(fields=["finished_at"], name="cm_job_finished_idx"),
+            # How many of an array run (its parallelism), which jobs of a schedule are unfinished.
+            models.Index(
+                fields=["array", "status"], name="cm_job_array_status_idx", condition=Q(array__isnull=False)
+            ),
+            models.Index(
+                fields=["schedule", "status"],
+                name="cm_job_schedule_status_idx",
+                condition=Q(schedule__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -209,6 +262,14 @@ class ContainerJob(models.Model):
                 condition=~Q(status__in=_TERMINAL_VALUES) | Q(finished_at__isnull=False),
                 name="cm_job_terminal_has_finished_at",
             ),
+            # One job per array index, and one per schedule tick: the tick's "exactly once".
+            models.UniqueConstraint(fields=["array", "array_index"], name="cm_job_array_index_unique"),
+            models.UniqueConstraint(fields=["schedule", "scheduled_for"], name="cm_job_schedule_tick_unique"),
+            models.CheckConstraint(
+                condition=Q(array_index__isnull=True, array_size__isnull=True, array__isnull=True)
+                | Q(array_index__isnull=False, array_size__gte=1, array_index__lt=F("array_size")),
+                name="cm_job_array_index_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -221,8 +282,9 @@ class ContainerJob(models.Model):
     # Validation and saving -------------------------------------------------------------
 
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> ContainerJob:
-        job = super().from_db(db, field_names, values)
+    def from_db(cls, db: Any, field_names: Any, values: Any, **kwargs: Any) -> ContainerJob:
+        # **kwargs: Django 6.1 passes fetch_mode; 5.2 passes nothing more.
+        job = super().from_db(db, field_names, values, **kwargs)
         job._remember_fixed()
         return job
 
@@ -342,7 +404,7 @@ class ContainerJob(models.Model):
     @property
     def resource_utilization(self) -> dict[str, Any]:
         """Memory and CPU use: a live sample while running, else what the last attempt recorded."""
-        from reconciler.api import resource_utilization
+        from container_manager.observe import resource_utilization
 
         return resource_utilization(self)
 
@@ -358,21 +420,21 @@ class ContainerJob(models.Model):
         Safe to call while the daemon runs: claiming is a compare-and-swap and container names
         are deterministic, so a job is never launched twice.
         """
-        from reconciler.api import launch_job
+        from container_manager import driving
 
-        return launch_job(self)
+        return driving.launch(self)
 
     def get_status(self) -> str:
         """Observe the container, record any change, refresh this object, return the status."""
-        from reconciler.api import observe_job
+        from container_manager import driving
 
-        return observe_job(self)
+        return driving.observe(self)
 
     def harvest(self) -> ContainerExecution | None:
         """Finish a done attempt (record exit code and logs, clean up) and return it."""
-        from reconciler.api import harvest_job
+        from container_manager import driving
 
-        return harvest_job(self)
+        return driving.harvest(self)
 
     def cancel(self, *, actor: str = "api", message: str = "") -> bool:
         """Request cancellation; True if the request was recorded (False once terminal)."""
@@ -390,6 +452,6 @@ class ContainerJob(models.Model):
 
     def get_logs(self, stream: str = "all", tail: int | None = None) -> str:
         """Output of the latest attempt: live from the executor while it runs, else as recorded."""
-        from reconciler.api import job_logs
+        from container_manager.observe import job_logs
 
         return job_logs(self, stream=stream, tail=tail)

@@ -89,13 +89,13 @@ class ContainerExecution(models.Model):
 
     def get_container_info(self) -> dict[str, Any]:
         """What the executor reports about this attempt's container now, plus what was recorded."""
-        from reconciler.api import container_info
+        from container_manager.observe import container_info
 
         return container_info(self)
 
     def stream_logs(self, follow: bool = False) -> Any:
         """Yield (stream, text) chunks: live from the executor while running, else the stored tails."""
-        from reconciler.api import stream_execution_logs
+        from container_manager.observe import stream_execution_logs
 
         return stream_execution_logs(self, follow=follow)
 

@@ -100,18 +100,22 @@ def command_parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def command_names() -> Names:
+    """Options by command (and sub-command, at any depth: ``manage_jobs schedule add``); actions
+    by command and sub-command that has them."""
     base = _base_options()
     result: Names = {}
-    for name, parser in command_parsers().items():
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
         options, subparsers = _parser_names(parser, base)
         if options:
             result[(name, "Option")] = options
         if subparsers:
             result[(name, "Action")] = set(subparsers)
         for sub_name, sub_parser in subparsers.items():
-            sub_options, _ = _parser_names(sub_parser, base)
-            if sub_options:
-                result[(f"{name} {sub_name}", "Option")] = sub_options
+            walk(f"{name} {sub_name}", sub_parser)
+
+    for name, parser in command_parsers().items():
+        walk(name, parser)
     return result
 
 

@@ -5,6 +5,8 @@
   ``docker`` and, like the other Docker tests, skipped on a machine without one and failed in CI
   (``CI`` set in the environment). CI has Docker, so these blocks run there on every build.
   Each of them is self-contained, so ``pytest API.md -m docker`` runs just those.
+* A block placed right after an ``<!-- django6 -->`` comment uses ``django.tasks``: it runs on
+  Django 6 and is skipped, saying so, on Django 5.2 (CI runs the suite on both).
 * ``<!-- invisible-code-block: python ... -->`` blocks run without being rendered; they call
   what a rendered example only defines (for example the test function in "Testing your
   integration").
@@ -33,6 +35,7 @@ from sybil.integration.pytest import SybilItem
 from sybil.parsers.markdown import PythonCodeBlockParser
 
 DOCKER_MARKER = "<!-- docker -->"
+DJANGO6_MARKER = "<!-- django6 -->"
 
 _docker_state: dict[str, bool] = {}
 
@@ -58,16 +61,34 @@ class DockerEvaluator:
         return self.inner(example)
 
 
+class Django6Evaluator:
+    """Runs a block only on Django 6 and later (``django.tasks``); skips it on older versions."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, example: Example) -> Any:
+        import django
+
+        if django.VERSION < (6, 0):
+            pytest.skip(f"needs django.tasks (Django 6.0 or later); this is Django {django.get_version()}")
+        return self.inner(example)
+
+
 class ApiDocParser:
-    """Python code blocks (and ``>>>`` sessions); a ``<!-- docker -->`` comment before a block marks it."""
+    """Python code blocks (and ``>>>`` sessions); a ``<!-- docker -->`` or ``<!-- django6 -->``
+    comment before a block marks it."""
 
     def __init__(self) -> None:
         self.python = PythonCodeBlockParser()
 
     def __call__(self, document: Document) -> Iterable[Region]:
         for region in self.python(document):
-            if document.text[: region.start].rstrip().endswith(DOCKER_MARKER):
+            before = document.text[: region.start].rstrip()
+            if before.endswith(DOCKER_MARKER):
                 region.evaluator = DockerEvaluator(region.evaluator)
+            elif before.endswith(DJANGO6_MARKER):
+                region.evaluator = Django6Evaluator(region.evaluator)
             yield region
 
 

@@ -63,6 +63,8 @@ def problems_with(command: CommandLine) -> list[str]:
     words = [name]
     if name == "manage_jobs" and args:
         words.append(args[0])
+        if args[0] == "schedule" and len(args) > 1:  # a sub-command with actions of its own
+            words.append(args[1])
     text = real_help(*words)
     return [
         f"{option} is not in `{' '.join(words)} --help`"

@@ -1,1 +1,2 @@
-"""Helpers the tests, the demo and the benchmarks share; not part of the installed package."""
+"""Helpers the tests, the demo and the benchmarks share (test images, real components the tests
+start); never part of the installed package."""

@@ -31,3 +31,54 @@ def test_other_commands_still_reach_django() -> None:
     result = cli("help")
     assert result.returncode == 0 and "manage_jobs" in result.stdout and "process_jobs" in result.stdout
     assert cli("process_jobs", "--help").stdout.startswith("usage: container-manager process_jobs")
+
+
+def _env(**changes: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SECRET_KEY")}
+    env.update(changes)
+    return env
+
+
+def test_an_unusable_data_directory_is_one_clear_line_not_a_traceback() -> None:
+    unusable = "/dev/null/container-manager"  # under a file: no user, root included, can create it
+    result = subprocess.run(
+        [str(CLI), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_env(CONTAINER_MANAGER_HOME=unusable),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"container-manager: data directory {unusable}: ")
+    assert "CONTAINER_MANAGER_HOME" in result.stderr and "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_with_a_key_and_a_database_url_the_data_directory_is_not_needed(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(CLI), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_env(
+            CONTAINER_MANAGER_HOME="/dev/null/container-manager",
+            DJANGO_SECRET_KEY="k" * 50,
+            DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    home = tmp_path / "home"
+    result = subprocess.run(
+        [str(CLI), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_env(CONTAINER_MANAGER_HOME=str(home), DJANGO_SECRET_KEY="k" * 50),
+    )
+    assert result.returncode == 0, result.stderr
+    assert home.is_dir()  # created for the default SQLite database

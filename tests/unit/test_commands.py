@@ -189,8 +189,12 @@ def test_list_with_filters(mock_host: ExecutorHost) -> None:
     assert ids("--recent", "24h") == [failed.pk, pinned.pk]
     assert ids("--limit", "1") == [failed.pk]
     table = run("manage_jobs", "list")
-    assert table.splitlines()[0].split() == ["ID", "STATUS", "ATT", "EXIT", "HOST", "IMAGE"]
-    assert len(table.splitlines()) == 4
+    header = ["ID", "NAME", "STATUS", "ATT", "EXIT", "HOST", "AGE", "DURATION", "IMAGE"]
+    assert table.splitlines()[0].split() == header
+    assert len(table.splitlines()) == 4  # every job shown: no footer
+    assert table.splitlines()[3].split()[1:3] == ["old", "pending"] and " 3d " in table
+    limited = run("manage_jobs", "list", "--limit", "2").splitlines()
+    assert len(limited) == 4 and limited[-1] == "2 of 3 jobs (--limit to see more)"
     with pytest.raises(CommandError, match="no executor host named"):
         run("manage_jobs", "list", "--host", "nosuch")
     with pytest.raises(CommandError, match="duration"):
@@ -229,8 +233,9 @@ def test_logs(mock_host: ExecutorHost) -> None:
     assert run("manage_jobs", "logs", str(job.pk), "--stream", "stderr") == "bad\n"
     assert run("manage_jobs", "logs", str(job.pk), "--stream", "stdout", "--tail", "1") == "two\n"
     assert run("manage_jobs", "logs", str(job.pk), "--follow", "--stream", "stdout") == "one\ntwo\n"
-    with pytest.raises(CommandError, match="not started"):
-        run("manage_jobs", "logs", str(_job().pk), "--follow")
+    assert run("manage_jobs", "logs", str(job.pk), "--attempt", "1", "--stream", "stderr") == "bad\n"
+    with pytest.raises(CommandError, match="has no attempt 2"):
+        run("manage_jobs", "logs", str(job.pk), "--attempt", "2")
 
 
 # cancel / rerun -----------------------------------------------------------------------------
@@ -242,7 +247,7 @@ def test_cancel() -> None:
     out = run("manage_jobs", "cancel", str(pending.pk), str(done.pk))
     assert out.splitlines() == [
         f"job {pending.pk}: cancellation requested",
-        f"job {done.pk}: already finished",
+        f"job {done.pk}: already finished (completed)",
     ]
     pending.refresh_from_db()
     assert pending.status == "cancelled"

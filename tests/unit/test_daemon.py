@@ -21,6 +21,7 @@ from container_manager.states import JobStatus
 from executors.mock import MockExecutor
 from executors.types import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, LABEL_MANAGED, ContainerSpec
 from reconciler.daemon import Daemon, DaemonOptions
+from reconciler.outcome import RequeueAfter
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -127,10 +128,11 @@ def test_orphans_are_removed_after_the_grace_period(host: ExecutorHost, settings
         ContainerSpec(name="cm-other-1-1", image="busybox", command=("hang",), labels=tuple(foreign.items()))
     )
     daemon = Daemon(DaemonOptions(once=True))
-    daemon.sweep_orphans()
+    waiting = daemon.hosts.reconcile(host.pk)
     assert {c.name for c in mock.list_managed("default")} == {"cm-default-999-1"}, "grace first"
+    assert isinstance(waiting, RequeueAfter) and 0 < waiting.seconds <= 0.2, "the host step comes back for it"
     time.sleep(0.25)
-    daemon.sweep_orphans()
+    daemon.hosts.reconcile(host.pk)
     assert mock.list_managed("default") == []
     assert [c.name for c in mock.list_managed("someone-else")] == ["cm-other-1-1"], "not ours: untouched"
 
@@ -141,8 +143,8 @@ def test_live_attempts_are_never_treated_as_orphans(host: ExecutorHost, settings
     Daemon(DaemonOptions(once=True)).run()
     assert ContainerJob.objects.get(pk=j.pk).status == "running"
     daemon = Daemon(DaemonOptions(once=True))
-    daemon.sweep_orphans()
-    daemon.sweep_orphans()
+    daemon.hosts.reconcile(host.pk)
+    daemon.hosts.reconcile(host.pk)
     assert len(host.get_executor().list_managed("default")) == 1
 
 
@@ -307,10 +309,10 @@ def test_second_signal_forces_exit(file_db: Path) -> None:
             "import os, signal, sys, time\n"
             "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'container_manager.settings')\n"
             "import django; django.setup()\n"
-            "from container_manager.management.commands.process_jobs import Command\n"
+            "from reconciler.wiring import install_signal_handlers\n"
             "class Stuck:\n"
             "    def request_stop(self): pass\n"
-            "Command()._install_signal_handlers(Stuck())\n"
+            "install_signal_handlers(Stuck())\n"
             "print('ready', flush=True)\n"
             "time.sleep(30)\n",
         ],
@@ -412,7 +414,7 @@ def test_a_crashed_thread_stops_the_daemon_with_a_failure_code(host: ExecutorHos
 def test_claim_takes_only_what_free_slots_can_run_in_a_few_statements(host: ExecutorHost) -> None:
     from django.test.utils import CaptureQueriesContext
 
-    from reconciler.daemon import CLAIM
+    from reconciler.keys import CLAIM
 
     ExecutorHost.objects.filter(pk=host.pk).update(max_concurrent_jobs=2)
     full = ExecutorHost.objects.create(name="full", executor_type="mock", max_concurrent_jobs=1)

@@ -15,7 +15,11 @@ from reconciler.outcome import Done, RequeueAfter
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = d.DecidePolicy(
-    stop_grace_seconds=7, resync_seconds=30, launch_deadline_seconds=300, transient_retry_seconds=2
+    stop_grace_seconds=7,
+    resync_seconds=30,
+    launch_deadline_seconds=300,
+    transient_retry_seconds=2,
+    host_lost_seconds=120,
 )
 NAME = "cm-test-1-1"
 J, X, R = JobStatus, ExecutionStatus, Reason
@@ -128,6 +132,49 @@ CASES: list[tuple[str, d.JobView, d.AttemptView | None, d.Facts, tuple[object, .
         attempt(X.FAILED, reason=R.EXIT_CODE, cleaned_up=True),
         NO_FACTS,
         (d.SettleJob, J.CANCELLED, R.CANCELLED),
+    ),
+    # dependencies (the claim's fact: a job this one depends on ended other than completed)
+    (
+        "a dependency failed: cancelled, never started",
+        job(J.PENDING),
+        None,
+        d.Facts(dependency_failed="job 7, which this job depends on, ended failed"),
+        (d.SettleJob, J.CANCELLED, R.DEPENDENCY_FAILED),
+    ),
+    (
+        "a dependency failed, not yet due: cancelled at once anyway",
+        job(J.PENDING, run_after=NOW + timedelta(hours=1)),
+        None,
+        d.Facts(dependency_failed="job 7, which this job depends on, ended timeout"),
+        (d.SettleJob, J.CANCELLED, R.DEPENDENCY_FAILED),
+    ),
+    (
+        "a dependency failed and the row is invalid: the dependency is the reason",
+        job(J.PENDING),
+        None,
+        d.Facts(dependency_failed="job 7 ... ended cancelled", spec_problem="memory_limit: too big"),
+        (d.SettleJob, J.CANCELLED, R.DEPENDENCY_FAILED),
+    ),
+    (
+        "a dependency failed after a cancel request: cancelled as requested",
+        job(J.PENDING, cancel_requested=True),
+        None,
+        d.Facts(dependency_failed="job 7 ... ended failed"),
+        (d.SettleJob, J.CANCELLED, R.CANCELLED),
+    ),
+    (
+        "a dependency failed, no attempts left: the dependency is the reason",
+        job(J.PENDING, attempts=1, max_retries=0),
+        None,
+        d.Facts(dependency_failed="job 7 ... ended failed"),
+        (d.SettleJob, J.CANCELLED, R.DEPENDENCY_FAILED),
+    ),
+    (
+        "a running job ignores the fact (its dependencies completed before it started)",
+        job(J.RUNNING),
+        attempt(X.RUNNING),
+        replace(RUNNING, dependency_failed="job 7 ... ended failed"),
+        (RequeueAfter, 30.0),
     ),
     (
         "never more attempts than allowed",
@@ -259,6 +306,20 @@ CASES: list[tuple[str, d.JobView, d.AttemptView | None, d.Facts, tuple[object, .
         job(J.RUNNING),
         attempt(),
         d.Facts(observe_error="connection refused"),
+        (RequeueAfter, 2.0),
+    ),
+    (
+        "running, its host down for the host-lost time: lost (retried elsewhere)",
+        job(J.RUNNING, max_retries=1),
+        attempt(),
+        d.Facts(observe_error="connection refused", host_down_seconds=120.0),
+        (d.FinishAttempt, X.FAILED, R.LOST, J.RETRYING),
+    ),
+    (
+        "running, its host down for a while only: wait",
+        job(J.RUNNING),
+        attempt(),
+        d.Facts(observe_error="connection refused", host_down_seconds=119.0),
         (RequeueAfter, 2.0),
     ),
     (
@@ -552,3 +613,10 @@ def test_needs_cleanup_once_the_attempt_is_recorded(a: d.AttemptView | None, exp
 def test_decide_is_pure_same_inputs_same_decision() -> None:
     args = (job(J.RUNNING, max_retries=2), attempt(), exited(3), NOW, POLICY)
     assert d.decide(*args) == d.decide(*args)  # type: ignore[arg-type]
+
+
+def test_a_failed_dependency_is_named_in_the_outcome() -> None:
+    message = "job 7, which this job depends on, ended timeout"
+    decision = d.decide(job(J.PENDING), None, d.Facts(dependency_failed=message), NOW, POLICY)
+    assert isinstance(decision, d.SettleJob)
+    assert decision.outcome.message == message and decision.outcome.retry_at is None

@@ -319,7 +319,7 @@ class Switch(Elector):
 
 def test_state_changing_executor_calls_need_leadership() -> None:
     switch = Switch(leading=True)
-    guarded = GuardedExecutor(MockExecutor("g"), switch)
+    guarded = GuardedExecutor(MockExecutor("g"), switch.guard)
     assert guarded.list_managed("default") == []
     switch.leading.clear()
     for verb in ("launch", "stop", "remove"):
@@ -349,7 +349,13 @@ def _run(daemon: Daemon, result: list[int]) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_daemon_works_only_while_it_leads_and_exits_75_when_it_loses(monkeypatch: Any) -> None:
+def test_the_daemon_drives_its_hosts_whether_it_leads_and_exits_75_when_it_loses_its_lease(
+    monkeypatch: Any,
+) -> None:
+    """Leading is only the leader's duties (the job-table metrics): every replica drives hosts.
+
+    A replica that held the lease and lost it exits 75, for its supervisor to restart it.
+    """
     host = ExecutorHost.objects.create(name="mock-ha", executor_type="mock", max_concurrent_jobs=10)
     mock = host.get_executor()
     switch = Switch()
@@ -359,15 +365,13 @@ def test_the_daemon_works_only_while_it_leads_and_exits_75_when_it_loses(monkeyp
     thread = threading.Thread(target=_run, args=(daemon, result), daemon=True)
     thread.start()
     try:
-        assert daemon.ready.wait(10), "a standby is up (and ready) before it leads"
+        assert daemon.ready.wait(10)
         assert not daemon.is_leader()
         quick = ContainerJob.objects.create(image="busybox", command="echo hi", memory_limit=64)
-        time.sleep(0.5)
-        assert ContainerJob.objects.get(pk=quick.pk).status == "pending", "a standby launches nothing"
-        assert transitions._fence is not None, "the fence is installed"
-
+        assert _wait(lambda: ContainerJob.objects.get(pk=quick.pk).status == "completed"), (
+            "not leading: works"
+        )
         switch.leading.set()
-        assert _wait(lambda: ContainerJob.objects.get(pk=quick.pk).status == "completed")
         assert daemon.is_leader()
         slow = ContainerJob.objects.create(image="busybox", command="hang", memory_limit=64)
         assert _wait(lambda: ContainerJob.objects.get(pk=slow.pk).status == "running")
@@ -387,7 +391,7 @@ def test_the_daemon_works_only_while_it_leads_and_exits_75_when_it_loses(monkeyp
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_standby_stops_cleanly_on_request(monkeypatch: Any) -> None:
+def test_a_replica_that_does_not_lead_stops_cleanly_on_request(monkeypatch: Any) -> None:
     switch = Switch()
     monkeypatch.setattr(daemon_module, "make_elector", lambda *a, **k: switch)
     daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05))

@@ -15,7 +15,8 @@ import pytest
 from django.db import connection
 
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
-from reconciler.daemon import CLAIM, CLEANUP, Daemon, DaemonOptions
+from reconciler.daemon import Daemon, DaemonOptions
+from reconciler.keys import CLAIM, CLEANUP
 from reconciler.outcome import RequeueAfter
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,11 +75,12 @@ def run_batch(command: str, count: int) -> tuple[Counter, list[int]]:
     daemon = Daemon(DaemonOptions(workers=1, resync_seconds=3600))
     counter = Counter()
     try:
-        daemon._ensure_watcher(host)  # exits arrive as the mock's events, as in production
+        daemon.hosts.reconcile(host.pk)  # starts the event watcher: exits arrive as events, as in production
         with connection.execute_wrapper(counter):
             drive(daemon, job_ids, counter)
     finally:
         daemon.stop_event.set()
+        daemon.hosts.close()
     assert set(ContainerJob.objects.filter(pk__in=job_ids).values_list("status", flat=True)) == {"completed"}
     assert ContainerExecution.objects.filter(job_id__in=job_ids).count() == count, "one attempt each"
     return counter, job_ids

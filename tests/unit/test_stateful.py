@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -225,5 +225,7 @@ def test_machine_catches_a_broken_invariant(monkeypatch: Any, db: Any) -> None:
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 report_multiple_bugs=False,
+                # Only that it fails matters here: no time spent shrinking the failing example.
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
             ),
         )

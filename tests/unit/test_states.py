@@ -24,7 +24,7 @@ from container_manager.states import (
     execution_status_to_job,
     sources_of,
 )
-from container_manager.transitions import Fenced, note, set_fence, transition
+from container_manager.transitions import Fenced, fenced_for, note, set_fence, transition
 
 ALL = list(JobStatus)
 
@@ -320,7 +320,7 @@ def test_fenced_transition_changes_nothing(
 ) -> None:
     job = _new_job()
     before = _snapshot(job.pk)
-    fence(lambda: False)
+    fence(lambda hosts: False)
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(Fenced):
         transition(job.pk, "pending", "launching", actor="old-leader")
     assert _snapshot(job.pk) == before
@@ -331,9 +331,11 @@ def test_fenced_transition_changes_nothing(
 @pytest.mark.django_db
 def test_fence_that_holds_lets_writes_through(fence: Any) -> None:
     job = _new_job()
-    calls = []
-    fence(lambda: calls.append(1) or True)
+    calls: list[tuple[int, ...]] = []
+    fence(lambda hosts: calls.append(hosts) or True)
     assert transition(job.pk, "pending", "launching", actor="leader")
-    assert calls == [1]
+    with fenced_for(7, None, 9):
+        assert transition(job.pk, "launching", "running", actor="leader")
+    assert calls == [(), (7, 9)], "the fence is told which hosts the write concerns"
     fence(None)
-    assert transition(job.pk, "launching", "running", actor="anyone")
+    assert transition(job.pk, "running", "completed", actor="anyone")

@@ -379,7 +379,8 @@ def test_signals_are_sent_after_commit(
 
 def test_fenced_writer_changes_nothing(world: World, host: ExecutorHost) -> None:
     job = make_job(host)
-    set_fence(lambda: False)
+    asked: list[tuple[int, ...]] = []
+    set_fence(lambda hosts: asked.append(hosts) or False)
     try:
         with pytest.raises(Fenced):
             world.reconciler().reconcile(job.pk)
@@ -388,6 +389,7 @@ def test_fenced_writer_changes_nothing(world: World, host: ExecutorHost) -> None
     assert reload(job).status == JobStatus.PENDING
     assert not ContainerExecution.objects.exists()
     assert world.executors.get(host.pk) is None or world.executors[host.pk].created == []
+    assert asked == [(host.pk,)], "the claim is fenced by the leases of the hosts it locked"
 
 
 def test_draining_reconciler_claims_nothing_but_finishes_running(
@@ -430,7 +432,12 @@ def test_labels_identify_instance_job_and_attempt(world: World, host: ExecutorHo
         LABEL_ATTEMPT: "1",
     }
     spec = world.executors[host.pk]._containers[observed.name].spec
-    assert spec.env_dict == {"API_TOKEN": "s3cret", "MODE": "fast"}
+    assert spec.env_dict == {
+        "API_TOKEN": "s3cret",
+        "MODE": "fast",
+        "CM_JOB_ID": str(job.pk),
+        "CM_ATTEMPT": "1",
+    }
     assert spec.secret_keys == frozenset({"API_TOKEN"})
     assert "s3cret" not in repr(spec)
     assert spec.user == "65534:65534" and spec.memory_mb == 64 and spec.cpu == 0.5

@@ -1,10 +1,8 @@
-"""``process_jobs``: run the reconciler daemon (or one pass of it)."""
+"""``process_jobs``: run the reconciler daemon (or one pass of it); the arguments, then ``reconciler.wiring.serve``."""
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
 from argparse import ArgumentParser, ArgumentTypeError
 from typing import Any
@@ -133,65 +131,30 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from container_manager.logconfig import configure
-        from container_manager.models import ExecutorHost
-        from reconciler.daemon import Daemon, DaemonOptions
+        from reconciler.daemon import DaemonOptions
         from reconciler.exceptions import ReconcilerError
+        from reconciler.wiring import serve
 
-        configure(options["log_format"], options["log_level"])
-        unknown = sorted(set(options["host"]) - set(ExecutorHost.objects.values_list("name", flat=True)))
-        if unknown:
-            raise CommandError(f"--host: no executor host named {', '.join(unknown)}")
-        daemon = Daemon(
-            DaemonOptions(
-                workers=options["workers"],
-                resync_seconds=options["resync_interval"],
-                poll_seconds=options["poll_interval"],
-                host_names=tuple(options["host"]),
-                once=options["once"],
-                until_idle=options["until_idle"],
-                leader_election=options["leader_election"],
-                lease_seconds=options["lease_seconds"],
-                lease_name=options["lease_name"],
-            )
+        daemon_options = DaemonOptions(
+            workers=options["workers"],
+            resync_seconds=options["resync_interval"],
+            poll_seconds=options["poll_interval"],
+            host_names=tuple(options["host"]),
+            once=options["once"],
+            until_idle=options["until_idle"],
+            leader_election=options["leader_election"],
+            lease_seconds=options["lease_seconds"],
+            lease_name=options["lease_name"],
         )
-        self._install_signal_handlers(daemon)
-        server = None
-        if options["metrics_port"] and not options["once"]:
-            server = self._start_metrics(daemon, options["metrics_addr"], options["metrics_port"])
         try:
-            code = daemon.run()
+            code = serve(
+                daemon_options,
+                log_format=options["log_format"],
+                log_level=options["log_level"],
+                metrics_addr=options["metrics_addr"],
+                metrics_port=options["metrics_port"],
+            )
         except ReconcilerError as exc:  # e.g. a second replica on SQLite: a message, not a traceback
             raise CommandError(str(exc)) from exc
-        finally:
-            if server is not None:
-                server.stop()
         if code:
             sys.exit(code)
-
-    def _start_metrics(self, daemon: Any, addr: str, port_number: int) -> Any:
-        try:
-            from metrics.server import MetricsServer
-        except ImportError:
-            return None
-        try:
-            server = MetricsServer(daemon, addr, port_number)
-            server.start()
-        except OSError as exc:
-            raise CommandError(f"--metrics-port: cannot listen on {addr}:{port_number}: {exc}") from None
-        return server
-
-    def _install_signal_handlers(self, daemon: Any) -> None:
-        received = {"count": 0}
-
-        def handler(signum: int, frame: Any) -> None:
-            received["count"] += 1
-            if received["count"] > 1:
-                os._exit(128 + signum)
-            daemon.request_stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread (tests calling call_command from a thread)
-                pass

@@ -109,6 +109,19 @@ class Replica:
         except OSError:
             return 0, ""
 
+    def metric(self, name: str, labels: str = "") -> float | None:
+        """One sample of this replica's /metrics (``labels`` as written there, e.g. 'change="lost"')."""
+        _, body = self.get("/metrics")
+        wanted = f"{name}{{{labels}}} " if labels else f"{name} "
+        for line in body.splitlines():
+            if line.startswith(wanted):
+                return float(line.split()[-1])
+        return None
+
+    def hosts_owned(self) -> int | None:
+        value = self.metric("container_manager_hosts_owned")
+        return None if value is None else int(value)
+
     def role(self) -> str | None:
         status, body = self.get("/readyz")
         if not status:
@@ -168,11 +181,34 @@ class Cluster:
         self.replicas.append(replica)
         return replica
 
+    def add_docker_hosts(self, count: int, capacity: int = 10) -> list[str]:
+        """More executor hosts on the local Docker daemon (each one a host to share out)."""
+        names = [f"docker-{index}" for index in range(count)]
+        for name in names:
+            query(
+                self.database_url,
+                "INSERT INTO container_manager_executorhost (name, executor_type, connection_string,"
+                " executor_config, is_active, health_status, health_message, max_concurrent_jobs,"
+                " description, created_at) VALUES (%s, 'docker', '', '{}', true, 'unknown', '', %s, '', now())",
+                [name, capacity],
+            )
+        return names
+
+    def host_owners(self) -> dict[int, str]:
+        """host pk -> the holder of its live lease."""
+        rows = query(
+            self.database_url,
+            "SELECT name, holder FROM container_manager_leaderlease"
+            " WHERE name LIKE '%%:host:%%' AND expires_at > clock_timestamp()",
+        )
+        return {int(name.rsplit(":", 1)[1]): holder for name, holder in rows}
+
     def holder_pid(self) -> int | None:
         """The pid in the live lease's holder id ("daemon:<host>:<pid>:<token>"), or None."""
         rows = query(
             self.database_url,
-            "SELECT holder FROM container_manager_leaderlease WHERE expires_at > clock_timestamp()",
+            "SELECT holder FROM container_manager_leaderlease"
+            " WHERE name NOT LIKE '%%:%%' AND expires_at > clock_timestamp()",
         )
         return int(rows[0][0].split(":")[2]) if rows else None
 

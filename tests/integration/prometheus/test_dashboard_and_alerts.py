@@ -36,6 +36,8 @@ SUBSTITUTIONS = {
     "$__range": "1m",
     "$instance": ".*",
     "${instance}": ".*",
+    "$host": ".*",
+    "${host}": ".*",
 }
 METRIC_RE = re.compile(r"\bcontainer_manager_[a-z0-9_]+")
 
@@ -121,6 +123,23 @@ def test_every_panel_query_is_valid_and_returns_data(observed: Prometheus) -> No
             empty.append((title, expr))
     assert not failed, f"panel queries Prometheus rejected: {failed}"
     assert not empty, f"panel queries without data: {empty}"
+
+
+def test_annotation_queries_and_variable_sources_are_valid(observed: Prometheus) -> None:
+    """The alert annotations (empty while nothing fires) parse; each query variable's metric and
+    label exist, so the drop-downs are not empty."""
+    dashboard = load_dashboard()
+    annotations = [a for a in dashboard["annotations"]["list"] if a.get("expr")]
+    assert annotations, "no alert annotations"
+    for annotation in annotations:
+        assert observed.query(annotation["expr"]).get("status") == "success", annotation["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"])
+        assert match, variable["query"]
+        result = observed.query(f"count by ({match.group(2)}) ({match.group(1)})")
+        assert result["data"]["result"], f"variable {variable['name']} would offer nothing"
 
 
 def test_every_panel_uses_only_metrics_the_daemon_exports(daemon: Daemon) -> None:
@@ -237,8 +256,22 @@ def test_dashboard_is_provisionable_and_has_the_panels_asked_for() -> None:
         "Event-stream reconnects",
         "Host health",
         "Leader",
+        "Failure ratio",
+        "Unfinished jobs by status",
+        "Finished jobs by status",
     ):
         assert wanted in titles
+    assert {"instance", "host", "admin_url"} <= set(variables)
+    host_panels = [p for p in dashboard["panels"] if "by (host" in json.dumps(p.get("targets", []))]
+    assert host_panels and all('host=~\\"$host\\"' in json.dumps(p["targets"]) for p in host_panels)
+    links = [
+        link["url"]
+        for p in dashboard["panels"]
+        for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])
+    ]
+    assert any("/container_manager/containerjob/?status__exact=${__field.labels.status}" in u for u in links)
+    assert any("/container_manager/executorhost/" in u for u in links)
+    assert all(u.startswith("${admin_url}/") for u in links)
     assert dashboard["uid"] and "id" not in dashboard  # no instance-specific id: provisioning assigns one
 
 

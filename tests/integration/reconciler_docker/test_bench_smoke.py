@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
+from tests.components import require
 from tests.integration.reconciler_docker.support import REPO
+from tests.support.dockerd import missing_requirements
 
 # No Django test database here (subprocesses on their own SQLite files): the PostgreSQL pass skips it.
 pytestmark = [pytest.mark.docker, pytest.mark.no_db]
@@ -55,3 +57,18 @@ def test_bench_json_output(busybox_image: str) -> None:
     assert only["raw"]["succeeded"] == 2 and only["reconciler"]["succeeded"] == 2
     assert result["latency_ms"]["detection"]["n"] == 2
     assert set(result["latency_ms"]["detection"]) == {"n", "p50", "p90", "p99", "max"}
+
+
+def test_bench_on_dockerd_hosts_over_tls(busybox_image: str) -> None:
+    missing = missing_requirements()
+    require(not missing, f"what extra dockerd hosts need ({', '.join(missing)})")
+    done = run_bench("--jobs", "4", "--concurrency", "1", "--pickup", "0", "--tls-hosts", "2", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["hosts"]) == 2 and all(h.startswith("tcp://127.0.0.1:") for h in result["hosts"])
+    (only,) = result["rounds"]
+    assert only["raw"]["succeeded"] == 4 and only["reconciler"]["succeeded"] == 4
+    # One slot per host: both hosts ran attempts, and only these four.
+    spread = only["reconciler"]["attempts_per_host"]
+    assert len(spread) == 2 and all(count >= 1 for count in spread.values()) and sum(spread.values()) == 4
+    assert result["leftover_containers"] == 0
