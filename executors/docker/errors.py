@@ -10,7 +10,8 @@ a TLS path read from the host's environment) are replaced before any message is 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import ssl
+from collections.abc import Iterator, Sequence
 
 import docker.errors
 import requests
@@ -20,6 +21,7 @@ from executors.exceptions import (
     ConfigurationError,
     Conflict,
     ExecutorError,
+    HostMisconfigured,
     ImageNotFound,
     InvalidSpec,
     NotFound,
@@ -44,6 +46,19 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
     OSError,
+)
+#: OpenSSL's names of the TLS alerts by which a daemon refuses the client's certificate.
+CLIENT_CERT_ALERTS = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
 )
 _ENV_ECHO = re.compile(r"(environment variable:?\s*)[^\")\n]*")
 
@@ -78,12 +93,68 @@ def check(response: requests.Response) -> None:
             response.close()
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, urllib3's ``reason``, exceptions in ``args``."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def tls_refusal(exc: BaseException, base_url: str) -> ExecutorError | None:
+    """A failed TLS handshake said in the host row's terms (``tls_ca_cert``, ``tls_client_cert``).
+
+    urllib3 reports these as ``HTTPSConnectionPool(...): Max retries exceeded ... (_ssl.c:1006)``,
+    and a daemon that refuses the client's certificate is often only seen as an EOF. Those whose
+    cause is certain are ``HostMisconfigured`` (no retry fixes them; the host's jobs wait).
+    """
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLCertVerificationError):
+            why = error.verify_message or "certificate verify failed"
+            return HostMisconfigured(
+                f"the certificate of Docker at {base_url} is not trusted ({why}): tls_ca_cert must be "
+                "the CA that signed the daemon's --tlscert"
+            )
+        if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERT_ALERTS:
+            alert = error.reason.split("_ALERT_", 1)[-1].lower().replace("_", " ")
+            return HostMisconfigured(
+                f"Docker at {base_url} refused the client certificate ({alert}): tls_client_cert must "
+                "be signed by the CA the daemon trusts (its --tlscacert), with tls_client_key its key"
+            )
+        if isinstance(error, ssl.SSLError) and error.reason == "WRONG_VERSION_NUMBER":
+            return HostMisconfigured(
+                f"Docker at {base_url} does not answer in TLS: remove the tls_* settings, or start "
+                "the daemon with --tlsverify"
+            )
+        if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return Unavailable(
+                f"Docker at {base_url} closed the TLS connection without a word; if this persists, "
+                "it does not accept tls_client_cert (it must be signed by the CA the daemon trusts, "
+                "its --tlscacert)"
+            )
+        if "HTTP request to an HTTPS server" in str(error):
+            return HostMisconfigured(
+                f"Docker at {base_url} only answers in TLS: set tls_ca_cert, tls_client_cert and "
+                "tls_client_key"
+            )
+    return None
+
+
 def translate(exc: BaseException, what: str, base_url: str, hidden: Sequence[str] = ()) -> ExecutorError:
     """Any failure -> our exception tree; the message names ``what`` and is scrubbed of ``hidden``."""
     if isinstance(exc, ExecutorError):
         return exc
-    detail = scrub(explain(exc), hidden)
     prefix = f"{what}: " if what else ""
+    refusal = tls_refusal(exc, base_url)
+    if refusal is not None:
+        return type(refusal)(f"{prefix}{refusal}")
+    detail = scrub(explain(exc), hidden)
     if isinstance(exc, docker.errors.ImageNotFound):
         return ImageNotFound(f"{prefix}{detail}")
     if isinstance(exc, docker.errors.APIError):

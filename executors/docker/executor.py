@@ -37,8 +37,9 @@ from executors._calls import Calls
 from executors.backoff import backoff_seconds
 from executors.base import DEFAULT_LOG_TAIL_BYTES, Executor
 from executors.docker import config as docker_config
+from executors.docker.client import HostAPIClient
 from executors.docker.config import DEFAULT_BASE_URL, validate_network
-from executors.docker.errors import check, explain, scrub, secret_values, translate
+from executors.docker.errors import check, explain, scrub, secret_values, tls_refusal, translate
 from executors.docker.events import VERB as EVENTS_VERB
 from executors.docker.events import EventStream
 from executors.docker.wire import (
@@ -204,7 +205,7 @@ class DockerExecutor(Executor):
             if self._api is None:
                 timeout = min(self.api_timeout, connect_timeout or self.api_timeout)
                 try:
-                    client = docker.APIClient(
+                    client = HostAPIClient(
                         base_url=self.base_url,
                         version=self.api_version,
                         timeout=timeout,
@@ -216,6 +217,9 @@ class DockerExecutor(Executor):
                     detail = scrub(str(exc), self._hidden)
                     raise ConfigurationError(f"invalid TLS settings: {detail}") from None
                 except Exception as exc:
+                    refusal = tls_refusal(exc, self.base_url)
+                    if refusal is not None:
+                        raise refusal from None
                     detail = scrub(explain(exc), self._hidden)
                     raise Unavailable(f"cannot reach Docker at {self.base_url}: {detail}") from None
                 client.timeout = self.api_timeout
