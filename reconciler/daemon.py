@@ -36,13 +36,13 @@ from container_manager.conf import Policy, get_policy
 from container_manager.models import ContainerJob, ExecutorHost
 from container_manager.states import LIVE, JobStatus
 from container_manager.transitions import Fenced, set_fence
+from executors.backoff import backoff_seconds
 from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from metrics import definitions as m
 from reconciler import notify, record, schedules, sdnotify
 from reconciler.cleanup import Cleaner
-from reconciler.decide import backoff_seconds
 from reconciler.host_step import HostReconciler
 from reconciler.keys import CLAIM, CLEANUP, SCHEDULES, HostKey
 from reconciler.leader import (

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from container_manager.states import DEFAULT_RETRY_ON, ExecutionStatus, JobStatus, Reason
-from executors.backoff import MAX_BACKOFF_SECONDS
 from executors.types import ContainerState, Observed
 from reconciler import decide as d
 from reconciler.outcome import Done, RequeueAfter
@@ -556,29 +555,6 @@ def test_retry_time_is_backoff_from_now() -> None:
     end = finish(d.decide(j, attempt(), exited(137, oom_killed=True), NOW, POLICY))
     assert end.job.status is J.RETRYING and end.job.retry_at is not None
     assert 5 <= (end.job.retry_at - NOW).total_seconds() <= 10
-
-
-def test_backoff_grows_is_capped_and_deterministic() -> None:
-    delays = [d.backoff_seconds(7, n, 2.0, 60.0) for n in range(1, 10)]
-    assert delays == [d.backoff_seconds(7, n, 2.0, 60.0) for n in range(1, 10)]
-    for n, delay in enumerate(delays, start=1):
-        ceiling = min(60.0, 2.0 * 2 ** (n - 1))
-        assert ceiling / 2 <= delay <= ceiling
-    assert max(delays) <= 60.0
-    assert len({round(d.backoff_seconds(job_id, 1, 2.0, 60.0), 6) for job_id in range(50)}) > 40, (
-        "jitter spreads"
-    )
-
-
-@pytest.mark.parametrize(
-    ("base", "cap"),
-    [(1e12, 1e12), (float("inf"), float("inf")), (float("nan"), 5.0), (-5.0, 10.0), (5.0, -1.0)],
-)
-def test_backoff_of_absurd_rows_stays_computable(base: float, cap: float) -> None:
-    for attempt_no in (1, 2, 20, 10_000):
-        delay = d.backoff_seconds(1, attempt_no, base, cap)
-        assert 0 <= delay <= MAX_BACKOFF_SECONDS
-        assert NOW + timedelta(seconds=delay) >= NOW
 
 
 def test_live_attempt_without_observation_is_a_programming_error() -> None:
