@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -61,15 +62,28 @@ def _secret_key() -> str:
     try:
         if not path.exists():
             _usable_home("the generated secret key", "DJANGO_SECRET_KEY")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(50))
+            _create_secret_key(path)
         return path.read_text().strip()
     except OSError as exc:
         raise DataDirectoryError(
             f"secret key file {path}: {exc.strerror or exc}. Make it readable by this user, "
             "or set DJANGO_SECRET_KEY."
         ) from None
+
+
+def _create_secret_key(path: Path) -> None:
+    """Write a new key whole, then link it into place: processes that start together (replicas
+    sharing a data directory) all end up with the one key that won, never a half-written one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process won the race: its key is the one
+    finally:
+        os.unlink(temporary)
 
 
 def _default_database_url() -> str:

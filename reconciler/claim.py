@@ -15,6 +15,11 @@ cancels the job (``dependency_failed``) whether or not a slot is free; its own d
 follow in the next claim, which is asked for at once. A job of an array whose ``parallelism``
 is reached is left out by the query, and a batch never takes more of one array than it has room
 for.
+
+With several replicas, an unpinned job is placed over every driven host, not only this
+replica's, and claimed by the replica that owns the host chosen for it: the jobs placed on
+another replica's host are left pending (``passed_on``), and the daemon wakes the other replicas
+once the claim has committed. A burst is so spread over the hosts as one daemon would spread it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from executors.types import ContainerSpec
 from metrics import definitions as m
 from reconciler import decide as d
 from reconciler import record
-from reconciler.hosts import HostSlots, assign, lock_hosts
+from reconciler.hosts import HostSlots, assign, lock_hosts, peek_hosts
 from reconciler.snapshot import Snapshot, job_view
 from reconciler.spec import spec_or_problem
 
@@ -52,6 +57,8 @@ class Claimed:
     settled: list[int] = field(default_factory=list)
     #: more due jobs may be claimable now (the batch was full, or some could not be placed).
     more: bool = False
+    #: unpinned jobs placed on hosts other replicas drive, left for them to claim.
+    passed_on: int = 0
 
 
 def claim_due(
@@ -62,15 +69,21 @@ def claim_due(
     now: datetime,
     limit: int,
     scope: Q | None = None,
+    others: Collection[int] = (),
     job_ids: Collection[int] | None = None,
 ) -> Claimed:
     """Claim up to ``limit`` due jobs (all, or only ``job_ids``) onto free slots of the hosts in
-    ``scope`` (the ones this replica drives); the writes are fenced by those hosts' leases."""
+    ``scope`` (the ones this replica drives), placing unpinned ones over those and the ``others``
+    (hosts other replicas drive); the writes are fenced by this replica's hosts' leases."""
     result = Claimed()
     with transaction.atomic():
         hosts = lock_hosts(scope)
-        with fenced_for(*(host.pk for host, _ in hosts)):
-            chosen, executions = _claim(result, hosts, actor, policy, decide_policy, now, limit, job_ids)
+        mine = {host.pk for host, _ in hosts}
+        elsewhere = peek_hosts([pk for pk in others if pk not in mine])
+        with fenced_for(*mine):
+            chosen, executions = _claim(
+                result, hosts, elsewhere, actor, policy, decide_policy, now, limit, job_ids
+            )
     for (job, spec, _host), execution in zip(chosen, executions, strict=True):
         job.status = JobStatus.LAUNCHING.value
         job.attempts += 1
@@ -86,6 +99,7 @@ def claim_due(
 def _claim(
     result: Claimed,
     hosts: list[tuple[ExecutorHost, HostSlots]],
+    elsewhere: list[HostSlots],
     actor: str,
     policy: Policy,
     decide_policy: d.DecidePolicy,
@@ -100,7 +114,7 @@ def _claim(
     ended = Q(failed_dependency__isnull=False)
     due = _due(now, job_ids)
     if open_hosts:
-        size = min(limit, sum(s.free for s in slots))
+        size = min(limit, sum(s.free for s in [*slots, *elsewhere]))
         due = due.filter(Q(docker_host_id__in=open_hosts) | Q(docker_host__isnull=True) | ended)
     else:
         # No slot: only jobs that end without running can be settled.
@@ -126,10 +140,11 @@ def _claim(
                 result.more = True  # the claims of this batch filled the array's room
                 continue
             candidates.append((job, spec))
-    placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], slots)
+    placed = assign([(job.pk, job.docker_host_id) for job, _ in candidates], [*slots, *elsewhere])
     result.more = result.more or len(placed) < len(candidates)
     by_pk = {host.pk: host for host, _ in hosts}
-    chosen = [(job, spec, by_pk[placed[job.pk]]) for job, spec in candidates if job.pk in placed]
+    chosen = [(job, spec, by_pk[pk]) for job, spec in candidates if (pk := placed.get(job.pk)) in by_pk]
+    result.passed_on = sum(1 for pk in placed.values() if pk not in by_pk)
     if not chosen:
         return [], []
     moves = [

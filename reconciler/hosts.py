@@ -4,13 +4,14 @@
 slots, it places every job it can. ``lock_hosts`` reads the usable hosts with their live
 attempts counted, locking the rows on PostgreSQL so that two claimers (the daemon and a
 ``job.launch()`` in another process) can never both take a host's last slot; SQLite serialises
-writers anyway. ``HostBreaker`` marks a host unhealthy after repeated transient failures.
+writers anyway. ``peek_hosts`` reads other replicas' hosts the same way without locking them:
+a claim only places jobs on them (and leaves those jobs to their replica). ``HostBreaker`` marks a host unhealthy after repeated transient failures.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -33,16 +34,20 @@ class HostSlots:
     name: str
     #: attempts it may still take now.
     free: int
+    #: attempts it may run at once (its effective ``max_concurrent_jobs``).
+    capacity: int
 
 
 def assign(jobs: Sequence[tuple[int, int | None]], hosts: Sequence[HostSlots]) -> dict[int, int]:
     """Place ``(job id, pinned host pk or None)`` pairs, in order, on hosts with free slots.
 
-    A pinned job goes to its own host while it has a free slot; an unpinned one to the host
-    with the most free slots (ties: by name), so work spreads by capacity. A job that cannot
-    be placed now is left out of the result.
+    A pinned job goes to its own host while it has a free slot; an unpinned one to the least
+    loaded host, the one with the largest share of its slots free (ties: more free slots, then
+    the name), so a burst spreads over the hosts in proportion to their capacity instead of
+    filling the largest one first. A job that cannot be placed now is left out of the result.
     """
     free = {h.pk: h.free for h in hosts}
+    capacity = {h.pk: max(1, h.capacity, h.free) for h in hosts}
     unpinned = sorted(hosts, key=lambda h: h.name)
     placed: dict[int, int] = {}
     for job_id, pinned in jobs:
@@ -51,7 +56,7 @@ def assign(jobs: Sequence[tuple[int, int | None]], hosts: Sequence[HostSlots]) -
                 placed[job_id] = pinned
                 free[pinned] -= 1
             continue
-        best = max(unpinned, key=lambda h: free[h.pk], default=None)
+        best = max(unpinned, key=lambda h: (free[h.pk] / capacity[h.pk], free[h.pk]), default=None)
         if best is not None and free[best.pk] > 0:
             placed[job_id] = best.pk
             free[best.pk] -= 1
@@ -66,6 +71,17 @@ def lock_hosts(scope: Q | None = None) -> list[tuple[ExecutorHost, HostSlots]]:
     unhealthy host wait (pending) until the daemon's re-probe finds it healthy again, instead of
     using up their attempts on it.
     """
+    return _usable(scope, lock=True)
+
+
+def peek_hosts(pks: Collection[int]) -> list[HostSlots]:
+    """The free slots of these usable hosts (other replicas' ones), read without a lock."""
+    if not pks:
+        return []
+    return [slots for _, slots in _usable(Q(pk__in=sorted(pks)), lock=False)]
+
+
+def _usable(scope: Q | None, *, lock: bool) -> list[tuple[ExecutorHost, HostSlots]]:
     live = (
         ContainerExecution.objects.filter(executor_host_id=OuterRef("pk"), status__in=LIVE_EXECUTION_VALUES)
         .order_by()
@@ -78,12 +94,13 @@ def lock_hosts(scope: Q | None = None) -> list[tuple[ExecutorHost, HostSlots]]:
     )
     if scope is not None:
         hosts = hosts.filter(scope)
-    if connection.features.has_select_for_update:
+    if lock and connection.features.has_select_for_update:
         hosts = hosts.select_for_update(of=("self",))
     result = []
     for host in hosts.order_by("pk"):
-        free = max(0, host.effective_max_concurrent_jobs - host.running)  # type: ignore[attr-defined]
-        result.append((host, HostSlots(host.pk, host.name, free)))
+        capacity = host.effective_max_concurrent_jobs
+        free = max(0, capacity - host.running)  # type: ignore[attr-defined]
+        result.append((host, HostSlots(host.pk, host.name, free, capacity)))
     return result
 
 

@@ -162,6 +162,11 @@ class HostScope(Protocol):
 
     def host_q(self, prefix: str = "") -> Q: ...
 
+    def others(self) -> frozenset[int]:
+        """Hosts other live replicas drive (as of the last look): unpinned jobs are placed over
+        these and this replica's own, and the ones placed on another's host are left to it."""
+        ...
+
     def describe(self) -> str: ...
 
 
@@ -188,6 +193,9 @@ class AllHosts:
 
     def host_q(self, prefix: str = "") -> Q:
         return Q() if self.names is None else Q(**{f"{prefix}name__in": sorted(self.names)})
+
+    def others(self) -> frozenset[int]:
+        return frozenset()
 
     def heartbeat(self) -> float:
         return time.monotonic()
@@ -270,6 +278,12 @@ class HostShards:
 
     def host_q(self, prefix: str = "") -> Q:
         return Q(**{f"{prefix}pk__in": sorted(self.owned())})
+
+    def others(self) -> frozenset[int]:
+        state = self.state
+        if state is None:
+            return frozenset()
+        return frozenset(pk for pk, holder in state.hosts.items() if holder not in (None, self.holder))
 
     def owned(self) -> frozenset[int]:
         now = time.monotonic()

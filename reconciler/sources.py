@@ -160,6 +160,9 @@ class Sources:
     def notified(self, kind: str, job_id: int) -> None:
         if kind == notify.NEW:
             self.queue.add(CLAIM)
+        elif kind == notify.WAKE:
+            if job_id != notify.TOKEN:
+                self.queue.add(CLAIM)
         else:
             # A row changed from outside (a cancel request): what this process kept is stale.
             self.hint(job_id)

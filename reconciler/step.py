@@ -34,7 +34,7 @@ from executors.registry import get_executor
 from executors.types import LogTail
 from metrics import definitions as m
 from reconciler import decide as d
-from reconciler import record
+from reconciler import notify, record
 from reconciler.claim import Claimed, claim_due
 from reconciler.cleanup import Cleaner
 from reconciler.hosts import HostBreaker
@@ -118,11 +118,14 @@ class Reconciler:
             now=self.clock(),
             limit=limit,
             scope=self.hosts.host_q(),
+            others=self.hosts.others(),
             job_ids=job_ids,
         )
         if self._cache is not None:
             for snap in claimed.snapshots:
                 self._cache[snap.job.pk] = snap
+        if claimed.passed_on:
+            notify.wake_claimers()  # committed: the replicas of the hosts chosen for them claim
         return claimed
 
     def forget(self, job_id: int | None = None) -> None:

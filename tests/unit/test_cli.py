@@ -82,3 +82,32 @@ def test_with_a_key_and_a_database_url_the_data_directory_is_not_needed(tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert home.is_dir()  # created for the default SQLite database
+
+
+def test_processes_that_start_together_share_one_generated_secret_key(tmp_path: Path) -> None:
+    """Replicas sharing a data directory start at the same instant: none may fail on the key
+    file another one is creating, or read it half-written."""
+    home = tmp_path / "home"
+    script = "from django.conf import settings; print(settings.SECRET_KEY)"
+    env = _env(
+        CONTAINER_MANAGER_HOME=str(home),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        DJANGO_SETTINGS_MODULE="container_manager.settings",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", f"import django; django.setup(); {script}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
+    keys = {out.strip() for _, out, _ in results}
+    assert keys == {(home / "secret_key").read_text().strip()} and len(keys.pop()) >= 50
+    assert [p.name for p in home.iterdir()] == ["secret_key"], "no temporary file is left behind"
+    assert (home / "secret_key").stat().st_mode & 0o777 == 0o600

@@ -126,7 +126,7 @@ def test_two_replicas_share_the_hosts_and_a_killed_ones_are_taken_over(
         used = query(
             cluster.database_url, "SELECT DISTINCT host_name FROM container_manager_containerexecution"
         )
-        assert len(used) >= 3, f"jobs spread over the hosts of both replicas: {used}"
+        assert len(used) >= 3, f"jobs spread over the hosts of both replicas: {used}" + cluster.dump_logs()
 
         killed_at = time.monotonic()
         a.signal(signal.SIGKILL)

@@ -154,3 +154,14 @@ def test_the_thread_renews_past_the_lease_time(make: Any, hosts: list[int]) -> N
     assert wait_until(lambda: a.owned() == frozenset(hosts), timeout=3.0)
     time.sleep(1.5)
     assert a.owned() == frozenset(hosts), "renewed several times past the TTL"
+
+
+def test_each_replica_knows_which_hosts_the_others_drive(make: Any, hosts: list[int]) -> None:
+    """``others()``: where a claim may place unpinned jobs for another replica to claim."""
+    a, b = make("a"), make("b")
+    rounds(a, b, times=6)
+    assert a.owned() and b.owned()
+    assert (a.others(), b.others()) == (b.owned(), a.owned())
+    b.stop()  # releases its leases: a sees them free, then takes them
+    a.round()
+    assert a.others() == frozenset()

@@ -135,3 +135,29 @@ def test_notifications_say_whether_a_row_is_new_or_changed() -> None:
         listener.close()
     assert payloads == [f"INSERT:{job.pk}", f"UPDATE:{job.pk}"]
     assert [notify.parse(p) for p in payloads] == [(notify.NEW, job.pk), (notify.CHANGED, job.pk)]
+
+
+def test_a_wake_up_reaches_the_other_replicas_once_committed_and_at_a_bounded_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``wake_claimers`` (a replica left jobs to others) is ``CLAIM:<token>``; the sender knows its own."""
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    listener = psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict.get("USER") or None,
+        host=settings_dict.get("HOST") or None,
+        port=str(settings_dict.get("PORT") or "") or None,
+        autocommit=True,
+    )
+    monkeypatch.setattr(notify, "_last_wake", [0.0])
+    try:
+        listener.execute(f"LISTEN {notify.CHANNEL}")
+        notify.wake_claimers()
+        notify.wake_claimers()  # within WAKE_EVERY_SECONDS: not sent again
+        payloads = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
+    finally:
+        listener.close()
+    assert payloads == [f"CLAIM:{notify.TOKEN}"]
+    assert notify.parse(payloads[0]) == (notify.WAKE, notify.TOKEN)
