@@ -89,6 +89,12 @@ def get_executor(host: HostLike) -> Executor:
     return existing
 
 
+def built() -> list[Executor]:
+    """The executors in use now (one per host whose executor was asked for), for the metrics."""
+    with _lock:
+        return list(_cache.values())
+
+
 def forget(host_pk: Any | None = None) -> None:
     """Drop cached executors (all, or one host's): used by tests and after host deletion."""
     with _lock:

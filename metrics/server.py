@@ -34,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.registry import CollectorRegistry
 
-from metrics import collector
+from metrics import collector, executor_calls
 from metrics import definitions as m
 
 log = structlog.get_logger("metrics.server")
@@ -158,6 +158,7 @@ class MetricsServer:
         collector.register(
             self.registry, host_names=getattr(options, "host_names", None) or None, enabled=self.is_leader
         )
+        executor_calls.register(self.registry)
         self._httpd = _Server((self.addr, self.requested_port), self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="cm-metrics", daemon=True

@@ -168,6 +168,7 @@ def misc_names() -> Names:
     from container_manager.states import ExecutionStatus, JobStatus, Reason
     from metrics import definitions
     from metrics.collector import JobsCollector
+    from metrics.executor_calls import ExecutorCallsCollector
     from reconciler.daemon import Daemon, DaemonOptions
 
     metrics = set()
@@ -176,6 +177,7 @@ def misc_names() -> Names:
             suffix = {"counter": "_total", "info": "_info"}.get(str(value._type), "")
             metrics.add(value._name + suffix)
     metrics.update(family.name for family in JobsCollector().describe())
+    metrics.update(f"{family.name}_total" for family in ExecutorCallsCollector().describe())
 
     actions: set[str] = set()
     permissions: set[str] = set()
