@@ -7,11 +7,11 @@ a host's step (``reconciler.host_step``: health, event watcher, orphans). A step
 one key to two workers and the resync brings every key back, losing any event only delays
 convergence until the next resync.
 
-With several replicas on one database only the leader runs sources and workers
-(``reconciler.leader``): a standby waits for the lease, and a leader that loses it stops at
-once and exits with ``LEADERSHIP_LOST_EXIT`` so that its supervisor restarts it as a standby.
-Containers are never stopped on the way out: the next leader's resync adopts them. Under
-systemd (``Type=notify``) the daemon reports READY, STATUS, WATCHDOG and STOPPING through
+With several replicas on one PostgreSQL database each drives the hosts whose leases it holds
+(``reconciler.shards``); the leader lease (``reconciler.leader``) is kept only for the leader's
+duties, and a replica that loses it exits with ``LEADERSHIP_LOST_EXIT`` for its supervisor to
+restart it. Containers are never stopped on the way out: the next driver of a host adopts them.
+Under systemd (``Type=notify``) the daemon reports READY, STATUS, WATCHDOG and STOPPING through
 ``reconciler.sdnotify``; the watchdog is pinged from the main loop only while the loop's last
 pass is recent, so a hung loop gets restarted.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -61,7 +61,7 @@ from reconciler.step import Reconciler
 
 log = structlog.get_logger("reconciler.daemon")
 
-#: exit status after losing leadership (EX_TEMPFAIL): the supervisor restarts us as a standby.
+#: exit status after losing the leader lease (EX_TEMPFAIL): the supervisor restarts us.
 LEADERSHIP_LOST_EXIT = 75
 #: the watchdog is pinged only while the last loop pass is younger than this many resyncs.
 STALE_AFTER_RESYNCS = 3.0
@@ -325,10 +325,7 @@ class Daemon:
                 log.info("no unfinished jobs left; exiting")
                 return 0
         if self.elector.lost:
-            log.error(
-                "leadership lost; stopping so that the supervisor restarts this replica as a standby",
-                reason=self.elector.lost_reason,
-            )
+            log.error("leader lease lost; exiting to be restarted", reason=self.elector.lost_reason)
             self.notifier.status(f"leadership lost: {self.elector.lost_reason}")
             return LEADERSHIP_LOST_EXIT
         return 1 if self.crashed else 0
@@ -493,7 +490,11 @@ class Daemon:
             return RequeueAfter(1.0, "lease lost")
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         m.RECONCILE_ERRORS.labels("database" if _database_error(exc) else "internal").inc()
-        log.exception("reconcile failed", work=key, failures=failures)
+        if isinstance(exc, OperationalError | InterfaceError):
+            # e.g. the server ended the session (a restart, an idle timeout while we were paused).
+            log.warning("reconcile failed: database unavailable", work=key, error=str(exc))
+        else:
+            log.exception("reconcile failed", work=key, failures=failures)
         delay = backoff_seconds(key, failures, STEP_RETRY_BASE_SECONDS, STEP_RETRY_MAX_SECONDS)
         return RequeueAfter(delay, f"failed {failures} time(s)")
 

@@ -1,7 +1,8 @@
 """Leader election for several reconciler replicas on one database, with fencing.
 
-Only the leader runs sources and workers; the others are standbys, ready to take over. Why a
-lease row and not only an advisory lock: a session lock is released when a process dies, but a
+Every replica drives the hosts it holds leases for (``reconciler.shards``, built on this
+module's lease row); the leader lease decides only who runs the leader's duties (the job-table
+metrics), and the others stand by for them. Why a lease row and not only an advisory lock: a session lock is released when a process dies, but a
 *paused* leader (SIGSTOP, a VM freeze, a long GC) keeps its session and would block every
 standby forever, then wake up and write as if nothing happened. A lease with an expiry, read
 on the database clock, covers both:
@@ -12,8 +13,9 @@ on the database clock, covers both:
 * A standby takes the row over with one compare-and-swap ``UPDATE`` when the lease has expired
   *or* the leader's election session is gone from ``pg_stat_activity`` (so a killed leader is
   replaced within about one retry interval, not a whole TTL), and bumps ``epoch``.
-* The fence (``transitions.set_fence``) runs inside every status-changing transaction:
-  ``SELECT ... FOR SHARE`` of the lease row, which must still name this holder and epoch and
+* The fence (``fence``, which ``reconciler.shards`` applies per host through
+  ``transitions.set_fence`` to every status-changing transaction): ``SELECT ... FOR SHARE`` of
+  the lease row, which must still name this holder and epoch and
   not have expired. The row lock makes the check hold until commit: a takeover waits for
   in-flight fenced transactions, and ``idle_in_transaction_session_timeout`` (set for that
   transaction) ends the session of a leader paused inside one, so a standby is never blocked
@@ -21,7 +23,8 @@ on the database clock, covers both:
   checked against the local lease bound first (``guard``): a deterministic container name
   makes a late duplicate launch an "adopt" anyway.
 * Leadership is never regained by the same process: on loss the daemon stops and exits (like
-  controller-runtime), and its supervisor starts it again as a standby.
+  controller-runtime), and its supervisor starts it again. The leader's duties only read today,
+  so nothing it writes needs the fence; its hosts are fenced by their own leases.
 
 SQLite cannot serve several replicas, so there an exclusive ``flock`` on a file next to the
 database lets one daemon run and makes a second one refuse to start with a clear message.

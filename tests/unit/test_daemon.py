@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
+from structlog.testing import capture_logs
 
 from container_manager.models import ContainerExecution, ContainerJob, ExecutorHost
 from container_manager.states import JobStatus
@@ -174,6 +175,34 @@ def test_a_failing_step_is_retried_with_backoff_and_does_not_kill_the_daemon(
         j = job("echo survive")
         assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
     assert calls[0] == j.pk and len(calls) >= 2
+
+
+def test_a_lost_database_session_is_one_warning_line_and_a_bug_keeps_its_traceback(
+    host: ExecutorHost, monkeypatch: Any
+) -> None:
+    """A paused replica whose session the server ended must not fill its log with tracebacks."""
+    daemon = Daemon(DaemonOptions(workers=1, poll_seconds=0.05, resync_seconds=60))
+    raised: list[Exception] = [
+        OperationalError("terminating connection due to idle-in-transaction timeout"),
+        RuntimeError("a bug"),
+    ]
+    original = daemon.reconciler.reconcile
+
+    def failing_twice(job_id: int) -> Any:
+        if raised:
+            raise raised.pop(0)
+        return original(job_id)
+
+    monkeypatch.setattr(daemon.reconciler, "reconcile", failing_twice)
+    with capture_logs() as logs, running(daemon):
+        j = job("echo survive")
+        assert wait_until(lambda: ContainerJob.objects.get(pk=j.pk).status == "completed", timeout=10)
+    failed = [e for e in logs if str(e["event"]).startswith("reconcile failed")]
+    assert [(e["event"], e["log_level"], "exc_info" in e) for e in failed] == [
+        ("reconcile failed: database unavailable", "warning", False),
+        ("reconcile failed", "error", True),
+    ]
+    assert "idle-in-transaction" in failed[0]["error"]
 
 
 def test_a_job_whose_step_keeps_failing_is_failed_and_the_others_go_on(
