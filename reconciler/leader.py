@@ -69,7 +69,8 @@ UPDATE {TABLE} AS l
         OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid))
 RETURNING l.epoch
 """
-_INSERT_SQL = f"""
+#: creates a lease row held by us, unless one of that name exists (shared with host leases).
+CREATE_LEASE_SQL = f"""
 INSERT INTO {TABLE} (name, holder, epoch, backend_pid, acquired_at, renewed_at, expires_at)
 VALUES (%(name)s, %(holder)s, 1, pg_backend_pid(), clock_timestamp(), clock_timestamp(),
         clock_timestamp() + make_interval(secs => %(ttl)s))
@@ -398,7 +399,7 @@ class LeaseElector(Elector):
         previous = self.seen
         row = conn.execute(_TAKEOVER_SQL, self._params()).fetchone()
         if row is None:
-            row = conn.execute(_INSERT_SQL, self._params()).fetchone()
+            row = conn.execute(CREATE_LEASE_SQL, self._params()).fetchone()
         if row is None:
             self.seen = self._peek(conn)
             return

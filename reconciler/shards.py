@@ -33,7 +33,7 @@ from django.db.models import Q
 
 from container_manager.transitions import Fenced
 from metrics import definitions as m
-from reconciler.leader import TABLE, GuardedExecutor, new_holder
+from reconciler.leader import CREATE_LEASE_SQL, TABLE, GuardedExecutor, new_holder
 
 log = structlog.get_logger("reconciler.shards")
 
@@ -63,13 +63,6 @@ UPDATE {TABLE} AS l
        expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
  WHERE l.name = %(name)s AND NOT {_ALIVE}
 RETURNING l.epoch
-"""
-_CREATE = f"""
-INSERT INTO {TABLE} (name, holder, epoch, backend_pid, acquired_at, renewed_at, expires_at)
-VALUES (%(name)s, %(holder)s, 1, pg_backend_pid(), clock_timestamp(), clock_timestamp(),
-        clock_timestamp() + make_interval(secs => %(ttl)s))
-ON CONFLICT (name) DO NOTHING
-RETURNING epoch
 """
 _RELEASE = f"""
 UPDATE {TABLE} SET expires_at = clock_timestamp(), backend_pid = NULL
@@ -389,7 +382,7 @@ class HostShards:
 
     def _take(self, conn: Any, pk: int, started: float) -> None:
         params = self._params(name=self._host(pk))
-        row = conn.execute(_TAKE, params).fetchone() or conn.execute(_CREATE, params).fetchone()
+        row = conn.execute(_TAKE, params).fetchone() or conn.execute(CREATE_LEASE_SQL, params).fetchone()
         if row is not None:
             self._held[pk] = Held(int(row[0]), started + self.ttl)
             log.info("host lease taken", host=pk, epoch=int(row[0]))
