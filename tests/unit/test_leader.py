@@ -169,7 +169,7 @@ class FakeConnection:
                 )
                 return FakeResult((row["epoch"],))
             return FakeResult(None)
-        if sql == leader._INSERT_SQL:
+        if sql == leader.CREATE_LEASE_SQL:
             if row is None:
                 table.row = {
                     "holder": params["holder"],
