@@ -41,10 +41,10 @@ from executors.base import Executor
 from executors.exceptions import ExecutorError
 from executors.registry import get_executor
 from metrics import definitions as m
-from reconciler import notify, record, schedules, sdnotify
+from reconciler import notify, record, schedules, sdnotify, waits
 from reconciler.cleanup import Cleaner
 from reconciler.host_step import HostReconciler
-from reconciler.keys import CLAIM, CLEANUP, SCHEDULES, HostKey
+from reconciler.keys import CLAIM, CLEANUP, SCHEDULES, WAITS, HostKey
 from reconciler.leader import (
     DEFAULT_LEASE_NAME,
     DEFAULT_TTL,
@@ -175,6 +175,13 @@ class Daemon:
         )
         #: the watchdog is pinged only while ``last_pass`` is younger than this (as /healthz).
         self.stale_after = STALE_AFTER_RESYNCS * self.resync_seconds
+        #: the work-queue keys that name a pass (not a job or a host), and the pass each runs.
+        self._passes: dict[str, Callable[[], Outcome]] = {
+            CLAIM: self._claim,
+            CLEANUP: self.cleaner.run,
+            SCHEDULES: lambda: schedules.step(actor=self.options.actor),
+            WAITS: lambda: waits.step(actor=self.options.actor, every=self.resync_seconds),
+        }
         self._status = ("", 0.0)
         self._stopping_sent = False
         self._ready_sent = False
@@ -213,6 +220,7 @@ class Daemon:
             for index in range(max(1, self.options.workers)):
                 self._start(self._worker_loop, f"worker-{index}")
             self.queue.add(SCHEDULES)
+            self.queue.add(WAITS)
             self._announce_ready()
             log.info(
                 "daemon started",
@@ -383,6 +391,7 @@ class Daemon:
     def _run_once(self) -> int:
         """Claim what can be claimed, take every job and host with work one step further, exit."""
         self.queue.add(SCHEDULES)  # first: the jobs of due ticks are then claimed in this pass
+        self.queue.add(WAITS)
         self.queue.add(CLAIM)
         for job_id in self.sources.work_ids():
             self.queue.add(job_id)
@@ -436,12 +445,8 @@ class Daemon:
             close_old_connections()
 
     def _process(self, key: Any) -> Outcome:
-        if key == CLAIM:
-            return self._guarded("claim", self._claim)
-        if key == CLEANUP:
-            return self._guarded("cleanup", self.cleaner.run)
-        if key == SCHEDULES:
-            return self._guarded("schedules", lambda: schedules.step(actor=self.options.actor))
+        if isinstance(key, str):
+            return self._guarded(key, self._passes[key])
         if isinstance(key, HostKey):
             return self._guarded(key, lambda: self.hosts.reconcile(key.pk))
         # Every log record of this step (stdlib ones too) carries the job id.
@@ -581,14 +586,9 @@ class Daemon:
         Jobs scheduled for later (a ``run_after`` in the future) do not keep the daemon up.
         """
         busy = Q(status__in=[s.value for s in (*LIVE, JobStatus.RETRYING)])
-        due = Q(status=JobStatus.PENDING.value) & (
-            Q(run_after__isnull=True) | Q(run_after__lte=timezone.now())
-        )
-        return (
-            not ContainerJob.objects.filter(busy | due).exists()
-            and self.queue.idle()
-            and not len(self.cleaner)
-        )
+        ready = Q(run_after__isnull=True) | Q(run_after__lte=timezone.now())
+        waiting = ContainerJob.objects.filter(busy | (Q(status=JobStatus.PENDING.value) & ready)).exists()
+        return not waiting and self.queue.idle() and not len(self.cleaner)
 
     def enqueue(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:
