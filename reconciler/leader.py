@@ -214,7 +214,33 @@ class SingleReplicaLock(Elector):
         return "leader (single replica, SQLite)"
 
 
-class LeaseElector(Elector):
+class LeaseSession:
+    """A lease holder's own autocommit connection: opened on first use, dropped after an error.
+
+    Its database session is what the other replicas see in ``pg_stat_activity``: dropping the
+    connection tells them at once that this holder is gone. ``_open`` makes a new one.
+    """
+
+    _conn: Any = None
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._open()
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+class LeaseElector(LeaseSession, Elector):
     """PostgreSQL: a renewed lease row with an epoch (fencing token); see the module docstring."""
 
     kind = "lease"
@@ -444,18 +470,8 @@ class LeaseElector(Elector):
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"name": self.name, "holder": self.holder, "ttl": self.ttl, **extra}
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect(self)
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+    def _open(self) -> Any:
+        return self._connect(self)
 
 
 class GuardedExecutor:

@@ -33,7 +33,7 @@ from django.db.models import Q
 
 from container_manager.transitions import Fenced
 from metrics import definitions as m
-from reconciler.leader import CREATE_LEASE_SQL, TABLE, GuardedExecutor, new_holder
+from reconciler.leader import CREATE_LEASE_SQL, TABLE, GuardedExecutor, LeaseSession, new_holder
 
 log = structlog.get_logger("reconciler.shards")
 
@@ -197,7 +197,7 @@ class AllHosts:
         return "drives every host" if self.names is None else f"drives hosts {sorted(self.names)}"
 
 
-class HostShards:
+class HostShards(LeaseSession):
     """This replica's share of the hosts (PostgreSQL), renewed by a thread of its own."""
 
     kind = "shards"
@@ -410,18 +410,8 @@ class HostShards:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"holder": self.holder, "ttl": self.ttl, **extra}
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+    def _open(self) -> Any:
+        return self._connect()
 
 
 def guard_hosts(executor_for: Callable[[Any], Any], scope: HostShards) -> Callable[[Any], Any]:
