@@ -10,12 +10,16 @@ fresh read.
 
 With ``cache=True`` (the daemon) a job's snapshot is also kept between steps, since this process
 made every write it reflects; anything that may have changed the row from outside (a database
-notification, a cancel request, the periodic resync) calls ``forget()`` first.
+notification, a cancel request, the periodic resync) calls ``forget()`` first. The ids of the
+jobs this process finished are kept too (a bounded number): terminal states are final, so a late
+hint for one (the container's exit event, queued while its step was recording that very exit)
+costs no read.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import datetime
@@ -52,6 +56,8 @@ MAX_ROUNDS = 12
 NO_CAPACITY_RETRY = 5.0
 #: how many due jobs one batch claim takes at most.
 CLAIM_BATCH = 100
+#: how many finished jobs are remembered as such (the oldest are forgotten first).
+FINISHED_KEPT = 10_000
 
 
 class Reconciler:
@@ -93,6 +99,7 @@ class Reconciler:
         #: on this one may be due (the daemon claims again).
         self.on_slot_freed: Callable[[], None] | None = None
         self._cache: dict[int, Snapshot] | None = {} if cache else None
+        self._finished: OrderedDict[int, None] = OrderedDict()
 
     # Entry points -------------------------------------------------------------------
 
@@ -133,12 +140,16 @@ class Reconciler:
         if self._cache is not None:
             if job_id is None:
                 self._cache.clear()
+                self._finished.clear()
             else:
                 self._cache.pop(job_id, None)
+                self._finished.pop(job_id, None)
 
     # The step -----------------------------------------------------------------------
 
     def _step(self, job_id: int) -> Outcome:
+        if job_id in self._finished:
+            return DONE
         snap = self._cache.pop(job_id, None) if self._cache is not None else None
         facts = d.Facts()
         for _ in range(MAX_ROUNDS):
@@ -165,8 +176,13 @@ class Reconciler:
             if isinstance(outcome, Again):
                 snap, facts = outcome.snapshot, outcome.facts or d.Facts()
                 continue
-            if self._cache is not None and not snap.job.is_terminal_status:
-                self._cache[job_id] = snap
+            if self._cache is not None:
+                if not snap.job.is_terminal_status:
+                    self._cache[job_id] = snap
+                else:  # its container's removal, if any is left, is the cleaner's now
+                    self._finished[job_id] = None
+                    if len(self._finished) > FINISHED_KEPT:
+                        self._finished.popitem(last=False)
             return outcome
         return RequeueAfter(self.decide_policy.transient_retry_seconds, "the step did not settle")
 
