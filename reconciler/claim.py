@@ -55,7 +55,7 @@ class Claimed:
     snapshots: list[Snapshot] = field(default_factory=list)
     #: jobs ended instead of claimed (cancelled, an invalid row, no attempts left).
     settled: list[int] = field(default_factory=list)
-    #: more due jobs may be claimable now (the batch was full, or some could not be placed).
+    #: more due jobs may be claimable now (the batch size was reached, or some could not be placed).
     more: bool = False
     #: unpinned jobs placed on hosts other replicas drive, left for them to claim.
     passed_on: int = 0
@@ -121,7 +121,9 @@ def _claim(
         size = limit
         due = due.filter(ended)
     rows = list(due[:size])
-    result.more = len(rows) == size
+    # A full batch means more may be due only when the batch size, not the free slots, bounded
+    # it: once every free slot is taken, the next one to free up asks for the next claim.
+    result.more = len(rows) == size == limit
     room: dict[int, int] = {}
     candidates: list[tuple[ContainerJob, ContainerSpec]] = []
     for job in rows:
