@@ -11,7 +11,9 @@ inserted at once, a real ``Daemon`` run until idle in a child process of its own
   cleaned up);
 * queries/job: every SQL statement the daemon's connections executed, divided by N;
 * daemon CPU/job: the child's user + system CPU seconds over the run, divided by N;
-* peak RSS of the daemon process.
+* peak RSS of the daemon process;
+* PostgreSQL's CPU/job (its server processes on this machine) and how busy the whole machine
+  was: on 2 cores shared with the database, the point where more replicas stop helping.
 
 ``--history K`` first loads K finished jobs (each with its attempt and history rows), so the
 figures can be compared with and without history. ``--database-url`` takes a PostgreSQL server
@@ -35,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ from uuid import uuid4
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.measure import machine_snapshot, machine_use  # noqa: E402  (the repository, just added)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +100,8 @@ def count_statements() -> dict[str, int]:
     counter = {"queries": 0}
 
     def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        counter["queries"] += 1
+        if threading.get_ident() != counter.get("harness_thread"):
+            counter["queries"] += 1
         return execute(sql, params, many, context)
 
     def install(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -118,12 +124,15 @@ def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
 
     daemon = Daemon(DaemonOptions(workers=args.workers, until_idle=True, startup_wait_seconds=0))
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    machine_before = machine_snapshot()
     started = time.perf_counter()
     code = daemon.run()
     wall = time.perf_counter() - started
+    machine = machine_use(machine_before, machine_snapshot())
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return {
+        **machine,
         "exit_code": code,
         "wall_seconds": wall,
         "cpu_seconds": cpu,
@@ -138,8 +147,6 @@ LEASE_SECONDS = 2.0
 def run_replica(args: argparse.Namespace) -> dict[str, Any]:
     """One of several replicas: start, take a share of the hosts, then at the go signal work
     until no job is left; figures count from the go signal."""
-    import threading
-
     counter = count_statements()
     from reconciler.daemon import Daemon, DaemonOptions
 
@@ -154,15 +161,20 @@ def run_replica(args: argparse.Namespace) -> dict[str, Any]:
     while not os.path.exists(go):
         time.sleep(0.01)
     counter["queries"] = 0
+    # The loop below asks the database whether work is left: its statements are not the replica's.
+    counter["harness_thread"] = threading.get_ident()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    machine_before = machine_snapshot()
     while not daemon._idle():
         time.sleep(0.02)
     finished = time.time()
+    machine = machine_use(machine_before, machine_snapshot())
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     queries = counter["queries"]
     daemon.request_stop()
     thread.join(60)
     return {
+        **machine,
         "finished_at": finished,
         "cpu_seconds": (cpu_after.ru_utime - cpu_before.ru_utime)
         + (cpu_after.ru_stime - cpu_before.ru_stime),
@@ -215,7 +227,11 @@ def run_replicas(args: argparse.Namespace, env: dict[str, str], url: str, home: 
         for child_proc in children:
             if child_proc.poll() is None:
                 child_proc.kill()
+    # The machine from the go signal to the last replica's end: what the last one to finish saw.
+    last = max(reports, key=lambda r: r["finished_at"])
     return {
+        "machine_busy_percent": last["machine_busy_percent"],
+        "postgres_cpu_seconds": last["postgres_cpu_seconds"],
         "job_ids": job_ids,
         "exit_code": 0,
         "wall_seconds": max(r["finished_at"] for r in reports) - started,
@@ -367,6 +383,7 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
             jobs_per_second=n / result["wall_seconds"],
             queries_per_job=result["queries"] / n,
             cpu_ms_per_job=1000 * result["cpu_seconds"] / n,
+            postgres_cpu_ms_per_job=1000 * result["postgres_cpu_seconds"] / n,
         )
         return result
     finally:
@@ -409,7 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.replicas > 1 and not args.database_url:
         raise SystemExit("--replicas needs PostgreSQL (--database-url): SQLite runs a single daemon")
     rounds = [one_round(args) for _ in range(args.rounds)]
-    keys = ("jobs_per_second", "queries_per_job", "cpu_ms_per_job", "peak_rss_mb", "wall_seconds")
+    keys = (
+        "jobs_per_second",
+        "queries_per_job",
+        "cpu_ms_per_job",
+        "postgres_cpu_ms_per_job",
+        "machine_busy_percent",
+        "peak_rss_mb",
+        "wall_seconds",
+    )
     medians = {key: statistics.median(r[key] for r in rounds) for key in keys}
     problems = [
         r for r in rounds if (r["completed"], r["attempts"], r["not_cleaned"]) != (r["jobs"], r["jobs"], 0)
@@ -434,16 +459,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.hosts} mock hosts x {args.capacity} slots, {args.replicas} replica(s) x {args.workers} workers, "
             f"{args.history} finished jobs loaded first"
         )
-        print(f"{'round':>5} {'jobs/s':>8} {'queries/job':>12} {'CPU ms/job':>11} {'peak RSS MB':>12}")
-        for index, r in enumerate(rounds, start=1):
-            print(
-                f"{index:>5} {r['jobs_per_second']:>8.1f} {r['queries_per_job']:>12.1f} "
-                f"{r['cpu_ms_per_job']:>11.1f} {r['peak_rss_mb']:>12.0f}"
-            )
         print(
-            f"{'median':>5} {medians['jobs_per_second']:>8.1f} {medians['queries_per_job']:>12.1f} "
-            f"{medians['cpu_ms_per_job']:>11.1f} {medians['peak_rss_mb']:>12.0f}"
+            f"{'round':>6} {'jobs/s':>8} {'queries/job':>12} {'CPU ms/job':>11} {'PG CPU ms/job':>14}"
+            f" {'machine busy':>13} {'peak RSS MB':>12}"
         )
+        for label, r in [*((str(i), r) for i, r in enumerate(rounds, start=1)), ("median", medians)]:
+            print(
+                f"{label:>6} {r['jobs_per_second']:>8.1f} {r['queries_per_job']:>12.1f} "
+                f"{r['cpu_ms_per_job']:>11.1f} {r['postgres_cpu_ms_per_job']:>14.1f}"
+                f" {r['machine_busy_percent']:>12.0f}% {r['peak_rss_mb']:>12.0f}"
+            )
         print("every job completed once, cleaned up: " + ("yes" if not problems else f"NO: {problems}"))
     return 0 if not problems else 1
 

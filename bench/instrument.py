@@ -66,7 +66,7 @@ class Instrument:
         def reconcile(job_id: int) -> Any:
             profiler = getattr(self.local, "profiler", None)
             if profiler is None:
-                profiler = self.local.profiler = cProfile.Profile()
+                profiler = self.local.profiler = cProfile.Profile(time.thread_time)
                 with self.lock:
                     self.profilers.append(profiler)
             started = time.perf_counter()

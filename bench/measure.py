@@ -40,7 +40,9 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _pid_cpu_seconds(pid: int | str, task: str | None = None) -> float:
+def _pid_cpu_seconds(pid: int | str, task: str | None = None, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process (or one of its threads); with ``reaped``, also
+    those of its children that have exited (how a server's short-lived workers are counted)."""
     path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
     try:
         with open(path) as fh:
@@ -48,7 +50,10 @@ def _pid_cpu_seconds(pid: int | str, task: str | None = None) -> float:
     except OSError:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _pids_named(*names: str) -> list[int]:
@@ -63,6 +68,22 @@ def _pids_named(*names: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def machine_snapshot() -> tuple[int, int, float]:
+    """(busy jiffies, total jiffies, PostgreSQL's CPU seconds) now: diff two to see what a
+    phase left of the machine, and what the database server spent on it."""
+    busy, total = _cpu_jiffies()
+    # A backend that exits (its client closed the connection) is counted in the postmaster's reaped children.
+    return busy, total, sum(_pid_cpu_seconds(pid, reaped=True) for pid in _pids_named("postgres"))
+
+
+def machine_use(before: tuple[int, int, float], after: tuple[int, int, float]) -> dict[str, float]:
+    """Between two ``machine_snapshot()``s: the machine's busy percent and PostgreSQL's CPU seconds."""
+    return {
+        "machine_busy_percent": round(100.0 * (after[0] - before[0]) / max(1, after[1] - before[1]), 1),
+        "postgres_cpu_seconds": round(after[2] - before[2], 3),
+    }
 
 
 @dataclass
