@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run on N extra dockerd hosts over mutual TLS instead of the default daemon (needs root)",
     )
     parser.add_argument(
+        "--floor",
+        type=int,
+        default=10,
+        metavar="K",
+        help="containers for Docker's own floor (exit -> logs readable, create + start; default 10)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -119,9 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the temporary directory (database, daemon log) afterwards"
     )
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1 or args.pickup < 0 or args.tls_hosts < 0:
+    if (
+        args.jobs < 1
+        or args.concurrency < 1
+        or args.rounds < 1
+        or min(args.pickup, args.tls_hosts, args.floor) < 0
+    ):
         parser.error(
-            "--jobs, --concurrency and --rounds must be at least 1, --pickup and --tls-hosts at least 0"
+            "--jobs, --concurrency and --rounds must be at least 1, --pickup, --tls-hosts and --floor at least 0"
         )
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -553,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             api = hosts[0].connect()
             try:
                 docker_floor = floor.measure(
-                    api, image, argv_command, args.network, max(args.pickup, 10), f"bench-floor-{instance}"
+                    api, image, argv_command, args.network, args.floor, f"bench-floor-{instance}"
                 )
             finally:
                 api.close()

@@ -37,18 +37,27 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_prints_both_throughputs_their_ratio_and_latencies(busybox_image: str) -> None:
-    done = run_bench("--jobs", "3", "--concurrency", "1", "--pickup", "1")
+    done = run_bench("--jobs", "3", "--concurrency", "1", "--pickup", "1", "--floor", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert re.search(r"^1\s+raw docker-py loop\s+[\d.]+\s+[\d.]+\s+3\s", out, re.M), out
     assert re.search(r"^1\s+reconciler \(daemon\)\s+[\d.]+\s+[\d.]+\s+3\s.*\s[\d.]+$", out, re.M), out
     assert re.search(r"ratio reconciler/raw \d+\.\d\d", out), out
-    for label in ("detection: container exit -> DB terminal", "insert -> start", "pickup: insert -> start"):
+    for label in (
+        "detection: container exit -> DB terminal",
+        "insert -> start",
+        "pickup: insert -> start",
+        "floor: exit -> logs readable (Docker)",
+        "floor: create + start calls (Docker)",
+    ):
         assert re.search(rf"^{re.escape(label)}.*\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+$", out, re.M), (label, out)
+    assert re.search(r"^above Docker's floor \(p50\): detection [+-]\d+ ms, pickup [+-]\d+ ms$", out, re.M), (
+        out
+    )
 
 
 def test_bench_json_output(busybox_image: str) -> None:
-    done = run_bench("--jobs", "2", "--concurrency", "1", "--pickup", "0", "--json")
+    done = run_bench("--jobs", "2", "--concurrency", "1", "--pickup", "0", "--floor", "1", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)
     assert result["jobs"] == 2 and result["concurrency"] == 1 and result["database"] == "sqlite"
@@ -57,12 +66,17 @@ def test_bench_json_output(busybox_image: str) -> None:
     assert only["raw"]["succeeded"] == 2 and only["reconciler"]["succeeded"] == 2
     assert result["latency_ms"]["detection"]["n"] == 2
     assert set(result["latency_ms"]["detection"]) == {"n", "p50", "p90", "p99", "max"}
+    assert (
+        result["docker_floor_ms"]["exit_to_logs"]["n"] == 1 == result["docker_floor_ms"]["create_start"]["n"]
+    )
 
 
 def test_bench_on_dockerd_hosts_over_tls(busybox_image: str) -> None:
     missing = missing_requirements()
     require(not missing, f"what extra dockerd hosts need ({', '.join(missing)})")
-    done = run_bench("--jobs", "4", "--concurrency", "1", "--pickup", "0", "--tls-hosts", "2", "--json")
+    done = run_bench(
+        "--jobs", "4", "--concurrency", "1", "--pickup", "0", "--floor", "0", "--tls-hosts", "2", "--json"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)
     assert len(result["hosts"]) == 2 and all(h.startswith("tcp://127.0.0.1:") for h in result["hosts"])
