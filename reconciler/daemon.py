@@ -169,7 +169,7 @@ class Daemon:
         self.hosts = HostReconciler(
             policy=self.policy,
             executor_for=executor_for,
-            queue=self.queue,
+            hint=self.sources.hint,
             start_watcher=None if self.options.once else self._start_watcher,
             hosts=self.host_scope,
         )

@@ -25,7 +25,6 @@ from executors.exceptions import ExecutorError
 from metrics import definitions as m
 from reconciler.orphans import census
 from reconciler.outcome import DONE, Outcome, RequeueAfter
-from reconciler.queue import WorkQueue
 from reconciler.shards import AllHosts, HostScope
 
 log = structlog.get_logger("reconciler.hosts")
@@ -46,14 +45,15 @@ class HostReconciler:
         *,
         policy: Policy,
         executor_for: Callable[[ExecutorHost], Executor],
-        queue: WorkQueue,
+        hint: Callable[[int], None],
         start_watcher: Callable[[str, Executor, threading.Event], threading.Thread] | None,
         hosts: HostScope | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.executor_for = executor_for
-        self.queue = queue
+        #: look at a job again from a fresh read of its row (``Sources.hint``).
+        self.hint = hint
         #: starts a thread that turns a host's events into keys (None: no watchers, e.g. one pass).
         self.start_watcher = start_watcher
         #: the hosts this replica drives (all, or its share of them).
@@ -118,7 +118,8 @@ class HostReconciler:
             log.warning("cannot list containers", host=host.name, error=str(exc))
             return DONE
         for job_id in found.jobs_to_clean:
-            self.queue.add(job_id)
+            # A fresh read: the step may have taken the job as finished and cleaned up already.
+            self.hint(job_id)
         now = self.clock()
         grace = self.policy.orphan_grace_seconds
         previously = self._orphans_seen.get(host.pk, {})

@@ -11,9 +11,9 @@ fresh read.
 With ``cache=True`` (the daemon) a job's snapshot is also kept between steps, since this process
 made every write it reflects; anything that may have changed the row from outside (a database
 notification, a cancel request, the periodic resync) calls ``forget()`` first. The ids of the
-jobs this process finished are kept too (a bounded number): terminal states are final, so a late
-hint for one (the container's exit event, queued while its step was recording that very exit)
-costs no read.
+jobs whose step ended with the job finished are kept too (a bounded number): terminal states are
+final, so a late hint for one (the container's exit event, queued while its step was recording
+that very exit) costs no read.
 """
 
 from __future__ import annotations

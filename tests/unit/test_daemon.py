@@ -137,6 +137,34 @@ def test_orphans_are_removed_after_the_grace_period(host: ExecutorHost, settings
     assert [c.name for c in mock.list_managed("someone-else")] == ["cm-other-1-1"], "not ours: untouched"
 
 
+def test_the_census_hands_a_left_container_back_to_a_job_the_daemon_finished(host: ExecutorHost) -> None:
+    """A finished attempt whose container is still there (its removal was lost) goes back to its
+    job from a fresh read, even when this daemon finished the job itself and kept it as finished."""
+    daemon = Daemon(DaemonOptions(workers=1, resync_seconds=3600))
+    j = job("echo done")
+    daemon.reconciler.claim()
+    daemon.reconciler.reconcile(j.pk)  # launched; the mock's 'echo' has exited by the next look
+    daemon.reconciler.reconcile(j.pk)
+    daemon.cleaner.run()
+    execution = ContainerExecution.objects.get(job=j)
+    assert ContainerJob.objects.get(pk=j.pk).status == "completed" and execution.cleaned_up
+    # The container comes back, as if its removal had been lost.
+    ContainerExecution.objects.filter(pk=execution.pk).update(cleaned_up=False)
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: "default", LABEL_JOB: str(j.pk), LABEL_ATTEMPT: "1"}
+    mock = host.get_executor()
+    mock.launch(
+        ContainerSpec(
+            name=execution.container_name, image="busybox", command=("hang",), labels=tuple(labels.items())
+        )
+    )
+    daemon.hosts.reconcile(host.pk)
+    while (key := daemon.queue.get(timeout=1.0)) is not None:  # the cleanup key comes after a delay
+        daemon._process(key)
+        daemon.queue.done(key)
+    assert ContainerExecution.objects.get(pk=execution.pk).cleaned_up
+    assert mock.list_managed("default") == []
+
+
 def test_live_attempts_are_never_treated_as_orphans(host: ExecutorHost, settings: Any) -> None:
     settings.CONTAINER_MANAGER = {"ORPHAN_GRACE_SECONDS": 0}
     j = job("hang")
@@ -465,8 +493,9 @@ def test_claim_takes_only_what_free_slots_can_run_in_a_few_statements(host: Exec
     daemon.poll()
     assert daemon.queue.get(timeout=0) == CLAIM, "polling asks for a claim; it reads no job itself"
     with CaptureQueriesContext(connection) as claim:
-        daemon._process(CLAIM)
+        outcome = daemon._process(CLAIM)
     daemon.queue.done(CLAIM)
+    assert not isinstance(outcome, RequeueAfter), "every free slot is taken: the next one to free asks again"
     queued = []
     while (key := daemon.queue.get(timeout=0)) is not None:
         queued.append(key)
@@ -478,3 +507,7 @@ def test_claim_takes_only_what_free_slots_can_run_in_a_few_statements(host: Exec
     # also lists its BEGIN IMMEDIATE and COMMIT.
     statements = [q["sql"][:50] for q in claim.captured_queries]
     assert len(statements) <= 7, "\n".join(statements)
+    # A batch bounded by its size, not by the free slots: more may be claimable at once.
+    ExecutorHost.objects.filter(pk=host.pk).update(max_concurrent_jobs=10)
+    claimed = daemon.reconciler.claim(limit=2)
+    assert len(claimed.snapshots) == 2 and claimed.more
