@@ -22,6 +22,7 @@ from django.utils import timezone
 from container_manager.models import JobDependency
 from container_manager.states import JobStatus, Reason
 from container_manager.transitions import transition
+from metrics import definitions as m
 from reconciler.outcome import Outcome, RequeueAfter
 
 log = structlog.get_logger("reconciler")
@@ -106,6 +107,8 @@ def cancel_stuck(*, actor: str) -> list[int]:
             now=now,
         ):
             cancelled.append(job)
+            # Counted like every terminal status the daemon writes (the step's, the claim's).
+            m.JOBS_FINISHED.labels(JobStatus.CANCELLED.value, reason).inc()
     if cancelled:
         log.warning("jobs in a dependency cycle cancelled", jobs=cancelled[:SHOWN], count=len(cancelled))
     return cancelled

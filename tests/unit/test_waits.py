@@ -11,6 +11,7 @@ from container_manager.models import ContainerJob, ExecutorHost
 from container_manager.states import JobStatus
 from reconciler.daemon import Daemon, DaemonOptions
 from reconciler.waits import cancel_stuck, stuck_jobs
+from tests.unit.metrics_support import sample
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,8 +82,11 @@ def test_stuck_jobs_are_cancelled_once_with_the_cycle_named_and_the_rest_untouch
     (retrying,) = jobs(1)
     ContainerJob.objects.filter(pk=retrying).update(status=JobStatus.RETRYING.value)
     edges((retrying, b))
+    finished = {"status": "cancelled", "reason": "dependency_failed"}
+    before = sample("container_manager_jobs_finished_total", finished)
     assert cancel_stuck(actor="test") == [a, b, c, retrying]
     assert cancel_stuck(actor="test") == [], "nothing is cancelled twice"
+    assert sample("container_manager_jobs_finished_total", finished) == before + 4
     for pk in (a, b, c, retrying):
         job = ContainerJob.objects.get(pk=pk)
         assert (job.status, job.failure_reason) == ("cancelled", "dependency_failed")
