@@ -4,7 +4,8 @@ Detection can be no faster than the moment Docker lets a finished container's ou
 and pickup no faster than Docker's own create + start. Both depend on the engine more than on
 us: dockerd answers no request about a container (inspect, logs) until it has torn the
 container down after its exit, which on a ``bridge`` network includes removing its veth pair
-(~50 ms on dockerd 20.10 here, against ~12 ms with ``--network none``). So the benchmark
+(the output is readable 80-90 ms after the exit on dockerd 20.10 here, 40-50 ms with
+``--network none``). So the benchmark
 measures these floors on the same daemon, with the same limits, one container at a time:
 
 * ``create_start``: the ``create`` call to the end of the ``start`` call;

@@ -9,8 +9,9 @@ with the same image, command, limits and hardening:
 1. the baseline: C threads each doing create / start / wait / logs / remove with docker-py;
 2. the reconciler: a real ``Daemon`` on a fresh database, the host's ``max_concurrent_jobs`` = C
    (so as many containers at once as the loop runs), with the daemon's default number of worker
-   threads as users run it (4; C when C is larger; ``--workers`` to choose), N job rows inserted at once; wall time from the first insert to the last
-   job's terminal transition (``JobEvent.at``);
+   threads as users run it (4; C when C is larger; ``--workers`` to choose), N job rows
+   inserted at once; wall time from the first insert to the last job's terminal transition
+   (``JobEvent.at``);
 
 and prints both throughputs and their ratio (``--rounds R`` repeats both phases, alternating
 their order, and reports medians: this machine is shared and noisy), plus
@@ -475,21 +476,16 @@ def print_table(r: dict[str, Any]) -> None:
     )
     print()
     print(f"{'latency (ms), all rounds':42}{'n':>5}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    docker_floor = r["docker_floor_ms"]
     rows = [
         ("detection: container exit -> DB terminal", r["latency_ms"]["detection"]),
         ("insert -> start, batch (with queueing)", r["latency_ms"]["insert_to_start"]),
         ("pickup: insert -> start, idle daemon", r["latency_ms"]["pickup"]),
         ("slot refill: job end -> next claim", r["latency_ms"]["refill"]),
-    ]
-    for label, s in rows:
-        print(
-            f"{label:42}{s['n']:>5}{fmt(s['p50']):>8}{fmt(s['p90']):>8}{fmt(s['p99']):>8}{fmt(s['max']):>8}"
-        )
-    docker_floor = r["docker_floor_ms"]
-    for label, s in (
         ("floor: exit -> logs readable (Docker)", docker_floor["exit_to_logs"]),
         ("floor: create + start calls (Docker)", docker_floor["create_start"]),
-    ):
+    ]
+    for label, s in rows:
         print(
             f"{label:42}{s['n']:>5}{fmt(s['p50']):>8}{fmt(s['p90']):>8}{fmt(s['p99']):>8}{fmt(s['max']):>8}"
         )
